@@ -1,0 +1,181 @@
+"""``cmrjax simulate``: lag-CRPs over a parameter grid or a list of points, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cmrjax.cli import CLIError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(",", " ").split()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from e
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate CMR lag-CRPs over a parameter grid",
+        description="Simulate CMR lag-CRPs for every (beta_enc, beta_rec, gamma_ft) of a grid or point list. "
+        "Finished chunks are saved as the run goes; --resume continues an interrupted run.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--grid", choices=["paper"], help="the original study's 20 x 21 x 11 grid")
+    src.add_argument("--points", type=Path, metavar="FILE.npy",
+                     help="an (N, 3) .npy array of (beta_enc, beta_rec, gamma_ft) points")
+    p.add_argument("--beta-enc", type=_floats, metavar="V,V,..", help="beta_enc values (grid axis)")
+    p.add_argument("--beta-rec", type=_floats, metavar="V,V,..", help="beta_rec values (grid axis)")
+    p.add_argument("--gamma-ft", type=_floats, metavar="V,V,..", help="gamma_ft values (grid axis)")
+    p.add_argument("--trials", type=int, default=1000, help="recall trials per start position (default 1000)")
+    p.add_argument("--starts", type=int, default=20, help="start positions s0 = 0..starts-1 (default 20)")
+    p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
+    p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
+    p.add_argument("--max-lag", type=int, default=8, help="CRP lag window -max_lag..+max_lag (default 8)")
+    p.add_argument("--estimator", choices=["sampled", "rao-blackwell"], default="sampled",
+                   help="sampled: the paper's estimator; rao-blackwell: lower variance at equal trials")
+    p.add_argument("--corners", choices=["closed-form", "simulate"], default="closed-form",
+                   help="closed-form: the paper's closed forms at beta_rec in {0,1}, gamma_ft=0 (default); "
+                   "simulate: simulate them too (continuous surface)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--chunk-size", type=int, default=None, help="parameter points per compiled chunk")
+    p.add_argument("--float64", action="store_true", help="simulate in float64 (slower)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="output file")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _grid_axes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    from cmrjax.io import paper_axes
+
+    lists = (args.beta_enc, args.beta_rec, args.gamma_ft)
+    if args.grid == "paper":
+        if any(v is not None for v in lists):
+            raise CLIError("--grid paper cannot be combined with --beta-enc/--beta-rec/--gamma-ft")
+        return paper_axes()
+    if args.points is not None:
+        if any(v is not None for v in lists):
+            raise CLIError("--points cannot be combined with --beta-enc/--beta-rec/--gamma-ft")
+        return None
+    if any(v is None for v in lists):
+        raise CLIError("give --grid paper, --points FILE.npy, or all three of --beta-enc, --beta-rec, --gamma-ft")
+    return tuple(np.asarray(v, float) for v in lists)
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name[: -len(".npz")] + ".partial.npz")
+
+
+def run(args) -> int:
+    if args.trials < 1:
+        raise CLIError(f"--trials={args.trials} must be a positive integer")
+    if args.starts < 1 or args.max_recalls < 1 or args.list_length < 1 or args.max_lag < 1:
+        raise CLIError("--starts, --max-recalls, --list-length and --max-lag must be positive integers")
+    if args.out.suffix != ".npz":
+        raise CLIError(f"--out {str(args.out)!r} must end in .npz")
+    from cmrjax.io import check_writable
+
+    check_writable(args.out)
+    axes = _grid_axes(args)
+    if axes is None:
+        if not args.points.exists():
+            raise CLIError(f"--points file {str(args.points)!r} does not exist")
+        try:
+            points = np.load(args.points, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CLIError(f"cannot read --points {str(args.points)!r}: {e}") from e
+    else:
+        from cmrjax.simulate import grid_points
+
+        points = grid_points(*axes)
+
+    from cmrjax.model import SimConfig, validate_params
+
+    try:
+        points = validate_params(points, "--points" if axes is None else "grid")
+        config = SimConfig(list_length=args.list_length, n_starts=args.starts, max_recalls=args.max_recalls,
+                           max_lag=args.max_lag, dtype="float64" if args.float64 else "float32")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+
+    import jax
+
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
+    from cmrjax.simulate import iter_simulate_chunks
+
+    estimator = args.estimator.replace("-", "_")
+    corners = args.corners.replace("-", "_")
+    settings = dict(seed=args.seed, trials=args.trials, n_starts=args.starts, max_recalls=args.max_recalls,
+                    list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
+                    dtype=config.dtype, n_points=int(len(points)),
+                    points_sha=_sha(points))
+    N, K = len(points), 2 * args.max_lag + 1
+    crp = np.full((N, K), np.nan)
+    sem = np.full((N, K), np.nan)
+    done = np.zeros(N, bool)
+    partial = _partial_path(args.out)
+    if partial.exists():
+        if not args.resume:
+            raise CLIError(f"an interrupted run left {str(partial)!r}; pass --resume to continue it or delete it")
+        prev = load_metadata(partial)
+        diff = {k: (prev.get(k), v) for k, v in settings.items() if prev.get(k) != v}
+        if diff:
+            raise CLIError(f"--resume: settings differ from the interrupted run: {diff}")
+        arr = read_npz(partial)
+        crp, sem, done = arr["crp"], arr["crp_sem"], arr["done"].astype(bool)
+    todo = np.flatnonzero(~done)
+    key = jax.random.key(args.seed)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=N, initial=int(done.sum()), unit="pt", desc="simulate", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    last_save = t0
+    if len(todo):
+        it = iter_simulate_chunks(key, points[todo], config=config, trials=args.trials, estimator=estimator,
+                                  corners=corners, chunk_size=args.chunk_size, indices=todo)
+        try:
+            for idx, c, s in it:
+                crp[idx], sem[idx], done[idx] = c, s, True
+                if bar is not None:
+                    bar.update(len(idx))
+                now = time.perf_counter()
+                if now - last_save > 5.0 and not done.all():
+                    atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings))
+                    last_save = now
+        except KeyboardInterrupt:
+            if done.any():
+                atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings))
+            raise
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    meta = dict(settings, package_version=package_version(), seconds=round(elapsed, 3),
+                devices=[str(d) for d in jax.devices()])
+    if axes is None:
+        save_crp_grid(args.out, crp=crp, crp_sem=sem, lags=config.lags, points=points, metadata=meta)
+    else:
+        shape = tuple(len(a) for a in axes) + (K,)
+        save_crp_grid(args.out, crp=crp.reshape(shape), crp_sem=sem.reshape(shape), lags=config.lags,
+                      beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], metadata=meta)
+    if partial.exists():
+        os.unlink(partial)
+    print(f"wrote {args.out} ({N} points, {args.trials} trials x {args.starts} starts, {estimator}) "
+          f"in {elapsed:.1f} s")
+    return 0
+
+
+def _sha(points: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(points, dtype=np.float64).tobytes()).hexdigest()[:16]

@@ -1,0 +1,410 @@
+r"""Simulating CMR recall and its lag-CRP: one trial is a ``lax.scan``, everything else is ``vmap``.
+
+A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` states by inverse CDF from
+:func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state. Items can be
+recalled again (sampling with replacement). Each step costs O(list length) (:func:`cmrjax.model.recall_update`).
+
+Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``crp_paper``):
+
+* ``"sampled"``: the paper's. Count the lag of each sampled transition inside the window, divide by the
+  trial's number of recalls :math:`N`, average over trials, normalise to sum 1 per start, average over starts.
+* ``"rao_blackwell"``: at every step, instead of the one sampled lag, add the whole next-recall distribution
+  over the window (:math:`E[\mathbb 1\{\text{lag}=d\} \mid \text{history}] = p(\text{prev}+d)`), keeping the
+  sampled path and its :math:`N`. For the transition counts this is exactly unbiased (tower property); the
+  paper's per-trial division by :math:`N` couples a step's choice to the trial's length, so the estimator is
+  unbiased only up to that coupling. Where recall almost never stops early (``N = max_recalls``, most of the
+  paper grid) it is exact; ``tests/test_simulate.py`` bounds the difference against the sampled estimator and
+  ``benchmarks/bench_simulate.py`` measures the variance reduction.
+
+Randomness: the key of parameter point ``i`` is ``fold_in(key, i)`` and of start ``s`` within it
+``fold_in(point_key, s)``, so results do not depend on chunk size, device count or which points are
+simulated together (the basis of ``--resume``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmrjax.closed_form import corner_crp_per_start, is_corner
+from cmrjax.model import (
+    CMRParams,
+    PowerTables,
+    SimConfig,
+    initial_context,
+    power_tables,
+    recall_update_activations,
+    validate_params,
+)
+
+ESTIMATORS = ("sampled", "rao_blackwell")
+CORNERS = ("closed_form", "simulate")
+
+
+_HI = jax.lax.Precision.HIGHEST  # sums as dots must stay exact float32 on GPUs too (no TF32)
+
+
+def _sum0(x: jax.Array) -> jax.Array:
+    """Sum over the leading axis as a dot product (XLA's CPU reduction over a major axis is slow)."""
+    return jnp.tensordot(jnp.ones(x.shape[0], x.dtype), x, axes=1, precision=_HI)
+
+
+def _cumsum0(x: jax.Array) -> jax.Array:
+    """Cumulative sum over the leading axis, vectorised over the trailing axes.
+
+    Two levels (blocks of about sqrt(len)), each an unrolled chain of row additions: XLA lowers
+    ``jnp.cumsum`` to a window reduction whose cost grows with the square of the length, which dominated a
+    recall step.
+    """
+    S = x.shape[0]
+    batch = x.shape[1:]
+    bs = int(math.ceil(math.sqrt(S)))
+    nb = int(math.ceil(S / bs))
+    xb = jnp.pad(x, [(0, nb * bs - S)] + [(0, 0)] * len(batch)).reshape((nb, bs) + batch)
+    rows = [xb[:, 0]]
+    for k in range(1, bs):
+        rows.append(rows[-1] + xb[:, k])
+    within = jnp.stack(rows, axis=1)  # (nb, bs, *batch)
+    offsets = [jnp.zeros_like(within[0, -1])]
+    for k in range(1, nb):
+        offsets.append(offsets[-1] + within[k - 1, -1])
+    cdf = within + jnp.stack(offsets)[:, None]
+    return cdf.reshape((nb * bs,) + batch)[:S]
+
+
+def inverse_cdf(a: jax.Array, u) -> tuple[jax.Array, jax.Array]:
+    """Inverse-CDF draws from unnormalised weights ``a`` (states, *batch) with uniforms ``u`` (*batch).
+
+    Returns ``(j, total)``: per batch position the smallest ``j`` with ``cumsum(a)[j] > u * sum(a)`` (the
+    number of cumulative sums at or below the threshold), and ``sum(a)``. O(states) per draw.
+    """
+    cdf = _cumsum0(a)
+    total = cdf[-1]
+    j = _sum0((cdf <= (u * total)[None]).astype(a.dtype)).astype(jnp.int32)
+    return jnp.minimum(j, a.shape[0] - 1), total
+
+
+class TrialResult(NamedTuple):
+    """What a batch of trials yields (trials on the trailing axes).
+
+    Attributes:
+      counts: (lags, *trials) sampled transition counts inside the lag window.
+      expected: (lags, *trials) Rao-Blackwellised counts (sum over steps of the next-recall distribution on
+        the window).
+      n_recalls: (*trials) number of items recalled (the stop state excluded).
+      recalls: (max_recalls, *trials) recalled items in order, -1 after the trial ended (when recorded).
+    """
+
+    counts: jax.Array
+    expected: jax.Array
+    n_recalls: jax.Array
+    recalls: jax.Array | None
+
+
+class _Carry(NamedTuple):
+    a: jax.Array  # (n+1, *trials) activations M^T t (the context itself is not needed: see context_at)
+    prev: jax.Array  # (*trials) previous recall (the cue at first)
+    alive: jax.Array  # (*trials) bool, trial still running
+    n_recalls: jax.Array  # (*trials) int32
+    counts: jax.Array  # (lags, *trials)
+    expected: jax.Array  # (lags, *trials)
+
+
+def simulate_trials(
+    uniforms: jax.Array, starts, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False
+) -> TrialResult:
+    """A batch of recall trials, trial ``b`` cued by ``starts[b]`` and driven by ``uniforms[:, b]``.
+
+    Args:
+      uniforms: (max_recalls, *trials) draws in [0, 1), one per retrieval.
+      starts: (*trials) cue items.
+      params: scalar CMR parameters; ``tables`` = ``power_tables(params.beta_enc, ...)``.
+      config: simulation settings.
+      record: also return the recalled items.
+    """
+    n, m = config.list_length, config.max_lag
+    dtype = uniforms.dtype
+    K = 2 * m + 1
+    batch = uniforms.shape[1:]
+    starts = jnp.broadcast_to(jnp.asarray(starts, jnp.int32), batch)
+    d = jnp.arange(-m, m + 1).reshape((K,) + (1,) * len(batch))
+    _, a0 = initial_context(starts, tables, n, dtype)
+
+    def step(c: _Carry, u):
+        j, total = inverse_cdf(c.a, u)  # state n = stop
+        recalled = c.alive & (j < n)
+        # Rao-Blackwell: given that an item (not the stop state) is retrieved, the probabilities of the
+        # items at lags -m..m from prev; added on the steps that retrieved an item.
+        idx = c.prev[None] + d
+        valid = (idx >= 0) & (idx < n)
+        p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0) / (total - c.a[n])[None]
+        expected = c.expected + jnp.where(recalled[None], p_win, 0)
+        lag = j - c.prev
+        in_win = recalled & (jnp.abs(lag) <= m)
+        counts = c.counts + ((d == lag[None]) & in_win[None]).astype(dtype)
+        # After the stop state the trial is over: its activations may change freely (nothing reads them).
+        new = _Carry(
+            a=recall_update_activations(c.a, jnp.minimum(j, n - 1), params, tables, n),
+            prev=jnp.where(recalled, j, c.prev),
+            alive=recalled,
+            n_recalls=c.n_recalls + recalled.astype(jnp.int32),
+            counts=counts,
+            expected=expected,
+        )
+        return new, (jnp.where(recalled, j, -1) if record else None)
+
+    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32),
+                  jnp.zeros((K,) + batch, dtype), jnp.zeros((K,) + batch, dtype))
+    final, recalls = jax.lax.scan(step, init, uniforms)
+    return TrialResult(final.counts, final.expected, final.n_recalls, recalls)
+
+
+def _uniforms(pkey, config: SimConfig, trials: int, n_starts: int, dtype) -> jax.Array:
+    """(max_recalls, starts * trials) uniforms; start ``s`` draws from ``fold_in(pkey, s)``."""
+    u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(pkey, s), (config.max_recalls, trials), dtype))(
+        jnp.arange(n_starts))  # (starts, recalls, trials)
+    return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, n_starts * trials)
+
+
+def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: str) -> jax.Array:
+    """Per-start normalised CRPs of one parameter point: (starts, lags).
+
+    All starts' trials run side by side on the trailing axis. A trial contributes its window counts divided by
+    its number of recalls (none: contributes 0); a start's CRP is the mean over trials normalised to sum 1
+    (0/0, no transition in the window at all, gives 0).
+    """
+    dtype = config.jnp_dtype
+    S, T = config.n_starts, trials
+    params = CMRParams(*(p.astype(dtype) for p in (point[0], point[1], point[2])))
+    tables = power_tables(params.beta_enc, config.list_length, dtype)
+    u = _uniforms(jax.random.fold_in(key, index), config, T, S, dtype)
+    starts = jnp.repeat(jnp.arange(S, dtype=jnp.int32), T)
+    res = simulate_trials(u, starts, params, tables, config)
+    x = res.counts if estimator == "sampled" else res.expected  # (lags, S*T)
+    n = res.n_recalls.astype(dtype)
+    per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, S, T)
+    mean = per_trial.mean(axis=-1).T  # (starts, lags)
+    tot = mean.sum(axis=-1, keepdims=True)
+    return jnp.where(tot > 0, mean / jnp.where(tot > 0, tot, 1), 0)
+
+
+@partial(jax.jit, static_argnames=("config", "trials", "estimator"))
+def _simulate_chunk(key, indices, points, *, config: SimConfig, trials: int, estimator: str):
+    per_start = jax.vmap(lambda i, p: _point_crps(key, i, p, config, trials, estimator))(indices, points)
+    mean = per_start.mean(axis=1)
+    sem = per_start.std(axis=1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else jnp.zeros_like(mean)
+    return mean, sem
+
+
+@dataclass(frozen=True)
+class CRPResult:
+    """Simulated lag-CRPs of a list of parameter points.
+
+    Attributes:
+      crp: (points, lags) mean over starts of per-start CRPs normalised to sum 1.
+      crp_sem: (points, lags) standard error of that mean across starts (ddof = 1, as the reference).
+      lags: (lags,) ``-max_lag .. max_lag``.
+      points: (points, 3) the parameters.
+    """
+
+    crp: np.ndarray
+    crp_sem: np.ndarray
+    lags: np.ndarray
+    points: np.ndarray
+
+
+def default_chunk_size(config: SimConfig, trials: int, n_devices: int = 1, memory_bytes: float = 2**29) -> int:
+    """Points per chunk so that one chunk's working set stays near ``memory_bytes`` (default 512 MiB)."""
+    itemsize = 8 if config.dtype == "float64" else 4
+    per_point = config.n_starts * trials * config.n_states * itemsize * 8
+    c = max(1, int(memory_bytes // per_point))
+    return max(n_devices, (c // n_devices) * n_devices)
+
+
+def _check(trials: int, estimator: str, corners: str) -> None:
+    if not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials={trials!r} must be a positive integer")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r} must be one of {ESTIMATORS}")
+    if corners not in CORNERS:
+        raise ValueError(f"corners={corners!r} must be one of {CORNERS}")
+
+
+def iter_simulate_chunks(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    trials: int = 1000,
+    estimator: str = "sampled",
+    corners: str = "closed_form",
+    chunk_size: int | None = None,
+    indices: np.ndarray | None = None,
+    devices: list | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Simulate chunk by chunk, yielding ``(indices, crp, crp_sem)`` for each finished chunk.
+
+    ``indices`` are the points' global indices (default ``0..N-1``): the PRNG stream of a point depends on
+    ``key`` and its index only, so a subset simulated later (``--resume``) equals the same rows of a full run.
+    The parameter axis of each chunk is sharded across ``devices`` (default: all visible JAX devices).
+    """
+    _check(trials, estimator, corners)
+    points = validate_params(points)
+    N = len(points)
+    indices = np.arange(N) if indices is None else np.asarray(indices)
+    if indices.shape != (N,):
+        raise ValueError(f"indices must have shape ({N},), got {indices.shape}")
+    devices = list(jax.devices()) if devices is None else list(devices)
+    nd = len(devices)
+    chunk = chunk_size or default_chunk_size(config, trials, nd)
+    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    config.jnp_dtype  # raises a clear error when float64 is asked for without x64
+    corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
+    sharding = None
+    if nd > 1:
+        mesh = jax.sharding.Mesh(np.array(devices), ("points",))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    todo = np.flatnonzero(~corner)
+    # closed-form corners first (cheap, numpy float64)
+    if corner.any():
+        ci = np.flatnonzero(corner)
+        crp = np.empty((len(ci), 2 * config.max_lag + 1))
+        sem = np.empty_like(crp)
+        starts = np.arange(config.n_starts)
+        for r, i in enumerate(ci):
+            per = corner_crp_per_start(points[i, 0], points[i, 1], starts, config.list_length, config.max_lag)
+            crp[r] = per.mean(0)
+            sem[r] = per.std(0, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else 0.0
+        yield indices[ci], crp, sem
+    for lo in range(0, len(todo), chunk):
+        sel = todo[lo: lo + chunk]
+        pad = chunk - len(sel)
+        pts = np.concatenate([points[sel], np.repeat(points[sel[-1:]], pad, 0)]).astype(dtype)
+        idx = np.concatenate([indices[sel], np.repeat(indices[sel[-1:]], pad)]).astype(np.uint32)
+        pts_j, idx_j = jnp.asarray(pts), jnp.asarray(idx)
+        if sharding is not None:
+            pts_j, idx_j = jax.device_put(pts_j, sharding), jax.device_put(idx_j, sharding)
+        mean, sem = _simulate_chunk(key, idx_j, pts_j, config=config, trials=trials, estimator=estimator)
+        mean, sem = np.asarray(mean), np.asarray(sem)
+        yield indices[sel], mean[: len(sel)], sem[: len(sel)]
+
+
+def simulate_crp(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    trials: int = 1000,
+    estimator: str = "sampled",
+    corners: str = "closed_form",
+    chunk_size: int | None = None,
+    devices: list | None = None,
+    progress: bool | Callable = False,
+) -> CRPResult:
+    """Lag-CRPs of CMR at each of ``points``, averaged over ``config.n_starts`` start positions.
+
+    Args:
+      key: a ``jax.random`` key.
+      points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
+      config: list length, starts, maximum recalls, lag window, dtype.
+      trials: recall trials per start position.
+      estimator: ``"sampled"`` (the paper's) or ``"rao_blackwell"`` (lower variance at equal trials).
+      corners: ``"closed_form"`` uses the paper's closed forms at (beta_rec in {0, 1}, gamma_ft = 0), as in
+        the reference grid; ``"simulate"`` simulates them too (the simulation is continuous there, the
+        closed forms are not; use it for smooth surfaces).
+      chunk_size: points per compiled chunk (bounds memory); default from a 512 MiB budget.
+      devices: devices to shard the parameter axis over (default: all).
+      progress: show a tqdm progress bar.
+
+    Returns:
+      :class:`CRPResult` with ``crp`` and ``crp_sem`` of shape (N, 2*max_lag+1).
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from cmrjax import SimConfig, simulate_crp
+      >>> res = simulate_crp(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]),
+      ...                    config=SimConfig(n_starts=2), trials=50)
+      >>> res.crp.shape, bool(np.isclose(res.crp.sum(), 1.0, atol=1e-5))
+      ((1, 17), True)
+    """
+    points = validate_params(points)
+    N = len(points)
+    K = 2 * config.max_lag + 1
+    crp = np.full((N, K), np.nan)
+    sem = np.full((N, K), np.nan)
+    it = iter_simulate_chunks(key, points, config=config, trials=trials, estimator=estimator, corners=corners,
+                              chunk_size=chunk_size, devices=devices)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=N, unit="pt", desc="simulate")
+    for idx, c, s in it:
+        crp[idx], sem[idx] = c, s
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return CRPResult(crp=crp, crp_sem=sem, lags=config.lags, points=points)
+
+
+def grid_points(beta_enc, beta_rec, gamma_ft) -> np.ndarray:
+    """The product grid as (n_e * n_r * n_g, 3) points in C order (beta_enc slowest)."""
+    e, r, g = np.meshgrid(np.asarray(beta_enc, float), np.asarray(beta_rec, float), np.asarray(gamma_ft, float),
+                          indexing="ij")
+    return np.stack([e.ravel(), r.ravel(), g.ravel()], -1)
+
+
+def simulate_grid(key: jax.Array, beta_enc, beta_rec, gamma_ft, **kwargs):
+    """:func:`simulate_crp` over a product grid, returned as a :class:`cmrjax.io.CRPGrid`.
+
+    ``kwargs`` are those of :func:`simulate_crp`. Axis values must lie in [0, 1].
+    """
+    from cmrjax.io import CRPGrid
+
+    axes = [np.atleast_1d(np.asarray(a, float)) for a in (beta_enc, beta_rec, gamma_ft)]
+    res = simulate_crp(key, grid_points(*axes), **kwargs)
+    shape = tuple(len(a) for a in axes) + (res.crp.shape[-1],)
+    config = kwargs.get("config", SimConfig())
+    meta = dict(trials=kwargs.get("trials", 1000), estimator=kwargs.get("estimator", "sampled"),
+                corners=kwargs.get("corners", "closed_form"), list_length=config.list_length,
+                n_starts=config.n_starts, max_recalls=config.max_recalls, max_lag=config.max_lag,
+                dtype=config.dtype)
+    return CRPGrid(crp=res.crp.reshape(shape), crp_sem=res.crp_sem.reshape(shape), beta_enc=axes[0],
+                   beta_rec=axes[1], gamma_ft=axes[2], lags=res.lags, metadata=meta)
+
+
+def simulate_recalls(key: jax.Array, params: CMRParams, starts, trials: int, config: SimConfig = SimConfig()):
+    """Recall sequences of one parameter point, for analyses beyond the lag-CRP.
+
+    Args:
+      key: PRNG key.
+      params: scalar CMR parameters.
+      starts: (starts,) cue items.
+      trials: trials per start.
+      config: simulation settings (``n_starts`` is ignored: ``starts`` are given).
+
+    Returns:
+      int32 array (starts, trials, max_recalls): recalled items in order, -1 after the trial ended.
+    """
+    validate_params(np.asarray(CMRParams(*map(np.asarray, params)).to_points()).reshape(1, 3), "params")
+    _check(trials, "sampled", "simulate")
+    return _simulate_recalls(key, params, jnp.asarray(starts, jnp.int32), trials=trials, config=config)
+
+
+@partial(jax.jit, static_argnames=("trials", "config"))
+def _simulate_recalls(key, params, starts, *, trials: int, config: SimConfig):
+    dtype = config.jnp_dtype
+    params = CMRParams(*(jnp.asarray(p, dtype) for p in params))
+    tables = power_tables(params.beta_enc, config.list_length, dtype)
+    S = starts.shape[0]
+    u = _uniforms(key, config, trials, S, dtype)
+    res = simulate_trials(u, jnp.repeat(starts, trials), params, tables, config, record=True)
+    return res.recalls.reshape(config.max_recalls, S, trials).transpose(1, 2, 0)

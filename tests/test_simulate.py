@@ -1,0 +1,179 @@
+"""The simulator against a brute-force numpy trial, the reference grid, and JAX properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmrjax.closed_form import corner_crp_per_start
+from cmrjax.crp import crp_paper
+from cmrjax.io import load_crp_grid, paper_axes
+from cmrjax.model import CMRParams, SimConfig, power_tables
+from cmrjax.simulate import _simulate_chunk, simulate_crp, simulate_recalls, simulate_trials
+
+
+def numpy_trial(u, s0, params, n):
+    """One recall trial written the way the reference README describes it: dense M, float64, one uniform a step."""
+    be, br, g = params
+    T = np.eye(n + 1, k=1)
+    M = np.linalg.solve(np.eye(n + 1) - (1 - be) * T, T)
+    t = np.eye(n + 1)[s0]
+    out = []
+    for uk in u:
+        a = M.T @ t
+        j = int(np.searchsorted(np.cumsum(a / a.sum()), uk, side="right"))
+        if j >= n:
+            break
+        out.append(j)
+        f = np.eye(n + 1)[j]
+        t_in = (1 - g) * f + g * M @ f
+        t_in /= np.linalg.norm(t_in)
+        t = (1 - br) * t + br * t_in
+        t /= np.linalg.norm(t)
+    return out + [-1] * (len(u) - len(out))
+
+
+@pytest.mark.parametrize("params", [(0.3, 0.5, 0.4), (0.05, 0.9, 0.0), (1.0, 0.2, 1.0), (0.7, 1.0, 0.3)])
+def test_trials_equal_a_brute_force_numpy_simulation_with_the_same_uniforms(params):
+    """Given the same uniforms, the O(n) JAX trial recalls exactly the items the dense numpy trial recalls."""
+    n, R, B = 40, 25, 12
+    rng = np.random.default_rng(0)
+    u = rng.random((R, B))
+    starts = rng.integers(0, 10, B)
+    config = SimConfig(list_length=n, n_starts=10, max_recalls=R, dtype="float64")
+    with jax.enable_x64(True):
+        p = CMRParams(*(jnp.float64(x) for x in params))
+        res = simulate_trials(jnp.asarray(u), jnp.asarray(starts), p, power_tables(p.beta_enc, n, jnp.float64),
+                              config, record=True)
+        got = np.asarray(res.recalls).T
+    want = np.array([numpy_trial(u[:, b], int(starts[b]), params, n) for b in range(B)])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fused_crp_equals_crp_paper_of_the_recorded_recalls():
+    """simulate_crp's on-the-fly counts equal crp_paper() of the recall sequences drawn from the same key."""
+    config = SimConfig(list_length=60, n_starts=4, max_recalls=30)
+    key, point = jax.random.key(3), np.array([[0.4, 0.6, 0.3]])
+    fused = simulate_crp(key, point, config=config, trials=64, corners="simulate").crp[0]
+    rec = np.asarray(simulate_recalls(jax.random.fold_in(key, 0), CMRParams(0.4, 0.6, 0.3), np.arange(4), 64, config))
+    per_start = [np.asarray(crp_paper(rec[s], s, 60, 8)) for s in range(4)]
+    np.testing.assert_allclose(fused, np.mean(per_start, 0), atol=1e-6)
+
+
+def test_closed_form_corners_reproduce_the_reference_grid(ref_dir):
+    """All 40 closed-form corner entries of the reference grid (beta_rec in {0,1}, gamma_ft=0) to 1e-6."""
+    grid = load_crp_grid(ref_dir / "crps" / "cmr_crp_avg_20_11.npy")
+    E = grid.beta_enc
+    pts = np.array([[e, r, 0.0] for e in E for r in (0.0, 1.0)])
+    res = simulate_crp(jax.random.key(0), pts, trials=1)
+    want = np.array([grid.crp[i, j, 0] for i in range(len(E)) for j in (0, len(grid.beta_rec) - 1)])
+    np.testing.assert_allclose(res.crp, want, atol=1e-6)
+    want_sem = np.array([grid.crp_sem[i, j, 0] for i in range(len(E)) for j in (0, len(grid.beta_rec) - 1)])
+    np.testing.assert_allclose(res.crp_sem, want_sem, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sampled_crps_match_the_reference_grid_on_a_random_subset(ref_dir):
+    """Random non-corner grid points at the paper's settings (1000 trials x 20 starts, sampled estimator).
+
+    Tolerance from the issue: two independent 1000-trial estimates differ by mean |d| ~ 0.0006, max ~ 0.006.
+    """
+    grid = load_crp_grid(ref_dir / "crps" / "cmr_crp_avg_20_11.npy")
+    rng = np.random.default_rng(2024)
+    idx = [(rng.integers(20), rng.integers(1, 20), rng.integers(11)) for _ in range(10)]
+    E, R, G = paper_axes()
+    pts = np.array([[E[i], R[j], G[k]] for i, j, k in idx])
+    res = simulate_crp(jax.random.key(7), pts, trials=1000)
+    want = np.array([grid.crp[i, j, k] for i, j, k in idx])
+    diff = np.abs(res.crp - want)
+    assert diff.mean() <= 0.0006, diff.mean()
+    assert diff.max() <= 0.006, diff.max()
+
+
+def test_same_seed_gives_identical_crps_for_any_chunk_size_and_device_count():
+    """Per-point keys are fold_in(key, index): chunking and sharding must not change a single bit."""
+    pts = np.array([[0.2, 0.3, 0.1], [0.5, 0.5, 0.5], [0.9, 0.1, 0.8], [0.4, 0.7, 0.2], [0.6, 0.9, 0.0]])
+    config = SimConfig(list_length=50, n_starts=3, max_recalls=20)
+    kw = dict(config=config, trials=16, estimator="sampled")
+    runs = [simulate_crp(jax.random.key(11), pts, chunk_size=c, devices=jax.devices()[:1], **kw).crp for c in (1, 2, 5)]
+    runs.append(simulate_crp(jax.random.key(11), pts, chunk_size=4, devices=jax.devices(), **kw).crp)
+    assert len(jax.devices()) >= 2, "conftest sets 4 host devices; sharding is not being exercised"
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+
+
+def test_a_second_call_with_the_same_shapes_does_not_recompile():
+    pts = np.array([[0.2, 0.3, 0.1], [0.5, 0.5, 0.5]])
+    config = SimConfig(list_length=30, n_starts=2, max_recalls=10)
+    simulate_crp(jax.random.key(0), pts, config=config, trials=8, chunk_size=2)
+    n = _simulate_chunk._cache_size()
+    simulate_crp(jax.random.key(1), pts[::-1], config=config, trials=8, chunk_size=2)
+    assert _simulate_chunk._cache_size() == n
+
+
+def test_float64_runs_and_returns_float64_sums_to_one():
+    with jax.enable_x64(True):
+        res = simulate_crp(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), trials=8,
+                           config=SimConfig(list_length=30, n_starts=2, max_recalls=10, dtype="float64"))
+    np.testing.assert_allclose(res.crp.sum(), 1.0, atol=1e-12)
+
+
+def _trial_counts(point, seeds=4, B=5000, R=30, n=100):
+    """Per-trial sampled and Rao-Blackwellised counts, in float64: float32 inverse-CDF draws cannot resolve
+    next-recall probabilities below ~1e-7 (uniforms have 2**-23 resolution), which the paired test would detect.
+    """
+    config = SimConfig(list_length=n, n_starts=5, max_recalls=R, dtype="float64")
+    out = []
+    with jax.enable_x64(True):
+        p = CMRParams(*(jnp.float64(x) for x in point))
+        tables = power_tables(p.beta_enc, n, jnp.float64)
+        for s in range(seeds):
+            u = jax.random.uniform(jax.random.key(s), (R, B), jnp.float64)
+            res = simulate_trials(u, jnp.arange(B) % 5, p, tables, config)
+            out.append((np.asarray(res.counts), np.asarray(res.expected), np.asarray(res.n_recalls)))
+    return [np.concatenate([o[i] for o in out], -1) for i in range(3)]
+
+
+@pytest.mark.parametrize("point", [[0.3, 0.5, 0.5], [0.6, 0.2, 0.9], [1.0, 0.7, 0.3]])
+def test_rao_blackwell_has_the_expectation_of_the_sampled_estimator_where_recall_never_stops_early(point):
+    """Given a point where the stop state is never drawn before max_recalls (every trial has N = 30), the
+    per-trial weight 1/N is a constant, so the paper's per-trial CRP is linear in the counts and the
+    Rao-Blackwellised counts (next-recall distribution summed over steps) have the same expectation as the
+    sampled counts (tower property). Check: paired per-trial differences have mean 0 within 4 standard errors,
+    and the Rao-Blackwellised counts vary less (law of total variance).
+    """
+    counts, expected, n_rec = _trial_counts(point)
+    assert (n_rec == 30).all(), "precondition: no early stops at this point"
+    diff = (counts - expected) / n_rec
+    se = diff.std(1, ddof=1) / np.sqrt(diff.shape[1]) + 1e-9
+    assert np.all(np.abs(diff.mean(1)) <= 4 * se), diff.mean(1) / se
+    assert np.all(expected.var(1) <= counts.var(1) + 1e-9)
+
+
+def test_rao_blackwell_counts_are_unbiased_even_where_recall_stops_early():
+    """Low beta_enc makes early stops common. The Rao-Blackwellised *transition counts* (before the paper's
+    per-trial division by N) stay unbiased; only the 1/N weighting couples a step's choice to the trial length
+    (documented in cmrjax.simulate; measured in benchmarks/bench_simulate.py).
+    """
+    counts, expected, n_rec = _trial_counts([0.05, 0.9, 0.0], R=50)
+    assert (n_rec < 50).mean() > 0.05, "this point should stop early often; the test would not test anything"
+    diff = counts - expected  # per trial, mean zero if unbiased
+    se = diff.std(1, ddof=1) / np.sqrt(diff.shape[1]) + 1e-9
+    assert np.all(np.abs(diff.mean(1)) <= 4 * se), diff.mean(1) / se
+
+
+def test_corner_closed_form_rejects_non_corner_points():
+    with pytest.raises(ValueError, match="no closed form"):
+        corner_crp_per_start(0.5, 0.5, np.arange(3), 100, 8)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(trials=0), "trials"), (dict(estimator="mcmc"), "estimator"),
+                                      (dict(corners="x"), "corners")])
+def test_bad_arguments_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_crp(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), **kw)
+
+
+def test_parameters_outside_the_unit_interval_are_rejected_before_any_work():
+    with pytest.raises(ValueError, match=r"gamma_ft=1.5 \(point 1\)"):
+        simulate_crp(jax.random.key(0), np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 1.5]]))
