@@ -5,9 +5,9 @@ Sections (each prints a table):
 1. equal work: the numpy baseline and cmrjax's sampled estimator on the same grid points and trial counts;
    recalls (retrieval steps) per second and their ratio; projected time of the full paper grid at 1,000
    sampled trials per start.
-2. precision: the Monte Carlo standard deviation of every CRP entry, over independent seeds, for the sampled
-   estimator at 1,000 trials and the Rao-Blackwellised one at a few trial counts; the smallest trial count at
-   which the Rao-Blackwellised estimator is at least as precise on (nearly) every entry.
+2. precision: at random grid points, the Rao-Blackwellised trial count per start whose Monte Carlo variance
+   matches the sampled estimator's at 1,000 trials on every CRP entry (variances from per-trial influences,
+   both estimators on the same trials), and the work this saves on the full grid.
 3. full grid: the whole 20 x 21 x 11 paper grid with the Rao-Blackwellised estimator at that trial count,
    timed end to end (compilation reported apart), and compared with the reference grid when it is present.
 
@@ -76,6 +76,46 @@ def numpy_crps(points, trials, n_starts, n=100, max_recalls=50, max_lag=8, seed=
     return np.array(out), steps
 
 
+def influence_variance(x, n_rec, n_starts):
+    """Monte Carlo variance of the final CRP entries from per-trial contributions (delta method).
+
+    x: (lags, starts, trials) per-trial window counts; n_rec: (starts, trials). The per-start CRP is
+    m / sum(m) with m the trial mean of x / N; its linearisation gives per-trial influences whose variance / T
+    is the variance of that start's CRP; the final CRP averages the starts.
+    """
+    per = np.where(n_rec[None] > 0, x / np.maximum(n_rec, 1)[None], 0.0)
+    m = per.mean(-1)
+    M = m.sum(0)
+    crp = m / M
+    y = (per - crp[:, :, None] * per.sum(0)[None]) / M[None, :, None]
+    return (y.var(-1, ddof=1) / per.shape[-1]).sum(1) / n_starts**2
+
+
+def trials_needed(point, trials=1000, n_starts=20, floor=1e-12):
+    """Rao-Blackwellised trials per start whose per-entry variance matches ``trials`` sampled ones.
+
+    Both estimators come from the same simulated trials (the sampled counts and the Rao-Blackwellised ones),
+    so their variance ratio is measured without seed noise. Entries that neither estimator can resolve
+    (variance below ``floor``) are ignored.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from cmrjax.model import CMRParams, SimConfig, power_tables
+    from cmrjax.simulate import simulate_trials
+
+    cfg = SimConfig()
+    p = CMRParams(*(jnp.float32(v) for v in point))
+    u = jax.random.uniform(jax.random.key(1), (cfg.max_recalls, n_starts * trials))
+    res = simulate_trials(u, jnp.repeat(jnp.arange(n_starts), trials), p, power_tables(p.beta_enc, 100), cfg)
+    K = res.counts.shape[0]
+    n_rec = np.asarray(res.n_recalls).reshape(n_starts, trials)
+    vs = influence_variance(np.asarray(res.counts).reshape(K, n_starts, trials), n_rec, n_starts)
+    vr = influence_variance(np.asarray(res.expected).reshape(K, n_starts, trials), n_rec, n_starts)
+    ok = np.maximum(vs, vr) > floor
+    return float(np.ceil(trials * np.max(vr[ok] / vs[ok]))) if ok.any() else 1.0
+
+
 def time_cmrjax(key, points, **kw):
     """(first-call seconds including compilation, best of 3 steady-state seconds, result)."""
     from cmrjax.simulate import simulate_crp
@@ -133,8 +173,7 @@ def main(argv=None) -> int:
             return 2
         T = args.rb_trials or 48
         for est, trials in [("rao_blackwell", T), ("sampled", 1000)]:
-            first, best, res = time_cmrjax(jax.random.key(0), grid, trials=trials, estimator=est,
-                                           chunk_size=n_grid if est == "rao_blackwell" else 512)
+            first, best, res = time_cmrjax(jax.random.key(0), grid, trials=trials, estimator=est)
             print(f"full paper grid ({n_grid} points x 20 starts x {trials} trials, {est}): "
                   f"{best:.2f} s (first call incl. compile {first:.2f} s)")
             results[f"gpu_grid_{est}"] = dict(trials=trials, seconds=best, first_call=first)
@@ -150,8 +189,8 @@ def main(argv=None) -> int:
 
     # 1. equal work ------------------------------------------------------------------------------------
     rng = np.random.default_rng(0)
-    pts = grid[rng.choice(n_grid, 4 if args.quick else 6, replace=False)]
-    trials = 10 if args.quick else 25
+    pts = grid[rng.choice(n_grid, 4, replace=False)]
+    trials = 10 if args.quick else 100
     t0 = time.perf_counter()
     _, np_steps = numpy_crps(pts, trials, 20)
     t_np = time.perf_counter() - t0
@@ -171,43 +210,34 @@ def main(argv=None) -> int:
                                  ratio=jx_rate / np_rate, cmrjax_compile_s=first)
 
     # 2. precision ---------------------------------------------------------------------------------------
-    from cmrjax.simulate import simulate_crp
-
-    n_pts, seeds = (6, 4) if args.quick else (12, 6)
-    idx = rng.choice(n_grid, n_pts, replace=False)
-    study = grid[idx]
-    study = study[~((study[:, 2] == 0) & np.isin(study[:, 1], [0.0, 1.0]))]  # corners are exact
-    s_runs = np.stack([simulate_crp(jax.random.key(s), study, trials=1000).crp for s in range(seeds)])
-    s_sd = s_runs.std(0, ddof=1)
-    rows, chosen = [], None
-    cand = [16, 32, 64] if args.quick else [16, 32, 48, 64, 96]
-    for T in cand:
-        r_runs = np.stack([simulate_crp(jax.random.key(1000 + s), study, trials=T, estimator="rao_blackwell").crp
-                           for s in range(seeds)])
-        r_sd = r_runs.std(0, ddof=1)
-        mask = s_sd > 1e-4  # entries the sampled estimator resolves at all
-        ratio = r_sd[mask] / s_sd[mask]
-        frac = float(np.mean(r_sd <= s_sd * 1.0 + 1e-6))
-        rows.append([T, f"{np.median(ratio):.2f}", f"{np.quantile(ratio, 0.95):.2f}", f"{ratio.max():.2f}",
-                     f"{frac * 100:.1f}%", f"{1000 / T:.0f}x fewer"])
-        if chosen is None and np.quantile(ratio, 0.95) <= 1.0:
-            chosen = T
-    print(f"2. Precision: per-entry Monte Carlo SD over {seeds} seeds at {len(study)} random grid points; "
-          f"ratio = SD(rao_blackwell, T trials) / SD(sampled, 1000 trials)")
-    table(rows, ["T", "median ratio", "95% ratio", "max ratio", "entries <= sampled SD", "trials"])
-    chosen = args.rb_trials or chosen or cand[-1]
-    results["precision"] = dict(rows=rows, chosen_trials=chosen)
-    print(f"   -> Rao-Blackwellised trials per start used for the full grid: {chosen}\n"
-          "   (SD estimates from a few seeds are themselves uncertain by ~30%; the max over entries is noisy)\n")
+    n_pts = 12 if args.quick else 40
+    study = grid[~((grid[:, 2] == 0) & np.isin(grid[:, 1], [0.0, 1.0]))]  # corners are exact
+    study = study[rng.choice(len(study), n_pts, replace=False)]
+    need = np.array([trials_needed(p) for p in study])
+    q = np.quantile(need, [0.5, 0.9, 1.0])
+    sampled_total = n_grid * 20 * 1000 * steps_per_trial
+    uniform_total = n_grid * 20 * q[2] * steps_per_trial
+    adaptive_total = n_grid * 20 * need.mean() * steps_per_trial
+    print(f"2. Precision at {n_pts} random grid points: Rao-Blackwellised trials per start whose Monte Carlo SD "
+          "matches 1,000 sampled trials on every lag (per-trial influence variances, 1,000 trials of each)")
+    table([[f"{q[0]:.0f}", f"{q[1]:.0f}", f"{q[2]:.0f}", f"{need.mean():.0f}",
+            f"{sampled_total / uniform_total:.1f}x", f"{sampled_total / adaptive_total:.1f}x"]],
+          ["median", "90%", "max", "mean", "work saved (uniform T = max)", "(per-point T)"])
+    results["precision"] = dict(points=study.tolist(), trials_needed=need.tolist())
+    chosen = args.rb_trials or int(min(1000, q[2]))
+    print(f"   -> full-grid run below uses {chosen} Rao-Blackwellised trials per start (override: --rb-trials)\n")
 
     # 3. full grid ---------------------------------------------------------------------------------------
     if not args.skip_grid:
+        from cmrjax.simulate import default_chunk_size, simulate_crp
+
+        chunk = default_chunk_size(SimConfig(), chosen, len(devices))
         t0 = time.perf_counter()
-        res = simulate_crp(jax.random.key(0), grid[:1], trials=chosen, estimator="rao_blackwell",
-                           chunk_size=256)
+        res = simulate_crp(jax.random.key(0), grid[:1], trials=chosen, estimator="rao_blackwell", chunk_size=chunk)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = simulate_crp(jax.random.key(0), grid, trials=chosen, estimator="rao_blackwell", chunk_size=256)
+        res = simulate_crp(jax.random.key(0), grid, trials=chosen, estimator="rao_blackwell", chunk_size=chunk,
+                           progress=sys.stderr.isatty())
         grid_s = time.perf_counter() - t0
         line = (f"3. Full paper grid, rao_blackwell, {chosen} trials x 20 starts: {grid_s:.1f} s "
                 f"(compile {compile_s:.1f} s apart; goal <= 30 s on 2 CPU cores)")

@@ -117,7 +117,8 @@ class _Carry(NamedTuple):
 
 
 def simulate_trials(
-    uniforms: jax.Array, starts, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False
+    uniforms: jax.Array, starts, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False,
+    estimators: tuple[str, ...] = ESTIMATORS,
 ) -> TrialResult:
     """A batch of recall trials, trial ``b`` cued by ``starts[b]`` and driven by ``uniforms[:, b]``.
 
@@ -127,6 +128,8 @@ def simulate_trials(
       params: scalar CMR parameters; ``tables`` = ``power_tables(params.beta_enc, ...)``.
       config: simulation settings.
       record: also return the recalled items.
+      estimators: which accumulators to fill (``"sampled"`` -> ``counts``, ``"rao_blackwell"`` ->
+        ``expected``); the others stay zero and cost nothing.
     """
     n, m = config.list_length, config.max_lag
     dtype = uniforms.dtype
@@ -144,10 +147,10 @@ def simulate_trials(
         idx = c.prev[None] + d
         valid = (idx >= 0) & (idx < n)
         p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0) / (total - c.a[n])[None]
-        expected = c.expected + jnp.where(recalled[None], p_win, 0)
+        expected = c.expected + jnp.where(recalled[None], p_win, 0) if "rao_blackwell" in estimators else c.expected
         lag = j - c.prev
         in_win = recalled & (jnp.abs(lag) <= m)
-        counts = c.counts + ((d == lag[None]) & in_win[None]).astype(dtype)
+        counts = c.counts + ((d == lag[None]) & in_win[None]).astype(dtype) if "sampled" in estimators else c.counts
         # After the stop state the trial is over: its activations may change freely (nothing reads them).
         new = _Carry(
             a=recall_update_activations(c.a, jnp.minimum(j, n - 1), params, tables, n),
@@ -185,7 +188,7 @@ def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: st
     tables = power_tables(params.beta_enc, config.list_length, dtype)
     u = _uniforms(jax.random.fold_in(key, index), config, T, S, dtype)
     starts = jnp.repeat(jnp.arange(S, dtype=jnp.int32), T)
-    res = simulate_trials(u, starts, params, tables, config)
+    res = simulate_trials(u, starts, params, tables, config, estimators=(estimator,))
     x = res.counts if estimator == "sampled" else res.expected  # (lags, S*T)
     n = res.n_recalls.astype(dtype)
     per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, S, T)
@@ -219,8 +222,15 @@ class CRPResult:
     points: np.ndarray
 
 
-def default_chunk_size(config: SimConfig, trials: int, n_devices: int = 1, memory_bytes: float = 2**29) -> int:
-    """Points per chunk so that one chunk's working set stays near ``memory_bytes`` (default 512 MiB)."""
+def default_chunk_size(config: SimConfig, trials: int, n_devices: int = 1, memory_bytes: float | None = None) -> int:
+    """Points per chunk so that one chunk's working set stays near ``memory_bytes``.
+
+    Default budget: 16 MiB per device on CPUs (the step's arrays then stay in cache: measured 1.7x faster than
+    a 512 MiB chunk on a 2-core machine) and 512 MiB per device on accelerators (large batches keep them busy).
+    """
+    if memory_bytes is None:
+        memory_bytes = 2**24 if jax.default_backend() == "cpu" else 2**29
+    memory_bytes *= n_devices
     itemsize = 8 if config.dtype == "float64" else 4
     per_point = config.n_starts * trials * config.n_states * itemsize * 8
     c = max(1, int(memory_bytes // per_point))
@@ -262,7 +272,9 @@ def iter_simulate_chunks(
         raise ValueError(f"indices must have shape ({N},), got {indices.shape}")
     devices = list(jax.devices()) if devices is None else list(devices)
     nd = len(devices)
-    chunk = chunk_size or default_chunk_size(config, trials, nd)
+    n_sim = int((~(is_corner(points) if corners == "closed_form" else np.zeros(N, bool))).sum())
+    # default: a memory budget, but never more than the points there are (padding is wasted work)
+    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(n_sim, 1))
     chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
     dtype = np.float64 if config.dtype == "float64" else np.float32
     config.jnp_dtype  # raises a clear error when float64 is asked for without x64
@@ -319,7 +331,8 @@ def simulate_crp(
       corners: ``"closed_form"`` uses the paper's closed forms at (beta_rec in {0, 1}, gamma_ft = 0), as in
         the reference grid; ``"simulate"`` simulates them too (the simulation is continuous there, the
         closed forms are not; use it for smooth surfaces).
-      chunk_size: points per compiled chunk (bounds memory); default from a 512 MiB budget.
+      chunk_size: points per compiled chunk (bounds memory); default from a memory budget
+        (:func:`default_chunk_size`). Each distinct chunk size compiles once.
       devices: devices to shard the parameter axis over (default: all).
       progress: show a tqdm progress bar.
 

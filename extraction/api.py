@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import time
@@ -190,4 +189,3 @@ def read_metadata(path) -> dict:
 
 
 __all__ = ["extract_scores", "run_extraction", "default_filename", "resolve_out", "prompts_for", "read_metadata"]
-_ = json  # metadata is JSON through cmrjax.io

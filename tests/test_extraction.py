@@ -81,7 +81,6 @@ def brute_profiles(bridge, tokens, layout, scores_from):
     L, H = bridge.cfg.n_layers, bridge.cfg.n_heads
     out = {}
     for name in ("scores", "pattern"):
-        vals = np.zeros((L, H, len(layout.lags), 0)).tolist()
         vals = [[[[] for _ in layout.lags] for _ in range(H)] for _ in range(L)]
         for l in range(L):
             pat = cache[f"blocks.{l}.attn.hook_pattern"].double().numpy()
