@@ -107,8 +107,11 @@ def test_demo_on_tiny_model_reports_a_fitted_induction_head(demo_tiny):
 def test_ablation_on_tiny_model_runs_with_paired_tests(demo_tiny, tmp_path):
     _, demo_out = demo_tiny
     out = tmp_path / "abl"
+    # the demo fitted against the reference grid, or (reference absent) against the grid it simulated
+    grid = demo_out / "crp_grid.npz"
+    crps = ["--crps", str(grid)] if grid.exists() else []
     rc = A.main(["--model", "tiny", "--scores", str(demo_out / "scores_tiny.npz"), "--n-prompts", "32",
-                 "--draws", "3", "--out", str(out)])
+                 "--draws", "3", "--out", str(out), *crps])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())["tiny"]
     assert s["n_prompts"] == 32 and s["n_draws"] == 3
