@@ -2,19 +2,26 @@ r"""Simulating CMR recall and its lag-CRP: one trial is a ``lax.scan``, everythi
 
 A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` states by inverse CDF from
 :func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state. Items can be
-recalled again (sampling with replacement). Each step costs O(list length) (:func:`cmrjax.model.recall_update`).
+recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
+activations only (:func:`cmrjax.model.recall_update_activations`).
 
 Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``crp_paper``):
 
 * ``"sampled"``: the paper's. Count the lag of each sampled transition inside the window, divide by the
   trial's number of recalls :math:`N`, average over trials, normalise to sum 1 per start, average over starts.
-* ``"rao_blackwell"``: at every step, instead of the one sampled lag, add the whole next-recall distribution
-  over the window (:math:`E[\mathbb 1\{\text{lag}=d\} \mid \text{history}] = p(\text{prev}+d)`), keeping the
-  sampled path and its :math:`N`. For the transition counts this is exactly unbiased (tower property); the
-  paper's per-trial division by :math:`N` couples a step's choice to the trial's length, so the estimator is
-  unbiased only up to that coupling. Where recall almost never stops early (``N = max_recalls``, most of the
-  paper grid) it is exact; ``tests/test_simulate.py`` bounds the difference against the sampled estimator and
-  ``benchmarks/bench_simulate.py`` measures the variance reduction.
+* ``"rao_blackwell"``: at every step that retrieves an item, instead of the one sampled lag, add the whole
+  distribution of the retrieved item given that an item (not the stop state) is retrieved,
+  :math:`\tilde p(\text{prev}+d)`, over the window; the sampled path and its :math:`N` are kept. The
+  summed counts are exactly unbiased (tower property). The paper's per-trial division by :math:`N` couples a
+  step's choice to the trial's length where recall can stop early (low ``beta_enc``): there the two
+  estimators differ slightly (up to ~0.001 in one entry, measured); where every trial makes
+  ``max_recalls`` retrievals they have the same expectation (``tests/test_simulate.py``). It removes the noise
+  of the draw itself, not of the context path, so the trials it saves vary across the grid from ~100x
+  (low ``beta_enc``) to ~1.3x (high ``beta_enc``, low ``beta_rec``); ``benchmarks/bench_simulate.py`` measures it.
+
+In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
+such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run.
+``dtype="float64"`` removes it.
 
 Randomness: the key of parameter point ``i`` is ``fold_in(key, i)`` and of start ``s`` within it
 ``fold_in(point_key, s)``, so results do not depend on chunk size, device count or which points are
@@ -146,11 +153,14 @@ def simulate_trials(
         # items at lags -m..m from prev; added on the steps that retrieved an item.
         idx = c.prev[None] + d
         valid = (idx >= 0) & (idx < n)
-        p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0) / (total - c.a[n])[None]
-        expected = c.expected + jnp.where(recalled[None], p_win, 0) if "rao_blackwell" in estimators else c.expected
-        lag = j - c.prev
-        in_win = recalled & (jnp.abs(lag) <= m)
-        counts = c.counts + ((d == lag[None]) & in_win[None]).astype(dtype) if "sampled" in estimators else c.counts
+        expected, counts = c.expected, c.counts
+        if "rao_blackwell" in estimators:
+            p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
+            expected = expected + jnp.where(recalled[None], p_win / (total - c.a[n])[None], 0)
+        if "sampled" in estimators:
+            lag = j - c.prev
+            in_win = recalled & (jnp.abs(lag) <= m)
+            counts = counts + ((d == lag[None]) & in_win[None]).astype(dtype)
         # After the stop state the trial is over: its activations may change freely (nothing reads them).
         new = _Carry(
             a=recall_update_activations(c.a, jnp.minimum(j, n - 1), params, tables, n),
