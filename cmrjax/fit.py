@@ -214,7 +214,7 @@ def cmr_distance(
     window: int = 5,
     link: str = "minmax",
     log_floor: float = 1e-6,
-) -> np.ndarray:
+) -> np.ndarray | float:
     """The paper's CMR distance between head profiles and CRPs (numpy, float64; see the module docstring).
 
     Args:

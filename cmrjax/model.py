@@ -36,8 +36,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
-Array = jax.Array
+#: A recalled item: an int array over the batch axes, or a Python int for a single trial.
+Item = Int[Array, "*batch"] | int
+#: Vectors over the states 0..n (n items + the stop state) on the leading axis, batch axes trailing.
+States = Float[Array, "states *batch"]
 
 
 class CMRParams(NamedTuple):
@@ -137,7 +141,7 @@ def validate_params(points: np.ndarray, name: str = "points") -> np.ndarray:
 # M in closed form
 
 
-def encoding_matrix(beta_enc, list_length: int, dtype=jnp.float32) -> Array:
+def encoding_matrix(beta_enc, list_length: int, dtype=jnp.float32) -> Float[Array, "states states"]:
     """Dense :math:`M_{ij} = (1-\\beta_{enc})^{j-i-1} [j>i]`, shape (n+1, n+1). For tests and small lists.
 
     Examples:
@@ -244,14 +248,14 @@ def initial_context(start, tables: PowerTables, n: int, dtype=jnp.float32) -> tu
     return t, m_row(tables, start, n).astype(dtype)
 
 
-def recall_probabilities(a: Array) -> Array:
+def recall_probabilities(a: States) -> States:
     """Ratio rule over the ``n + 1`` states (leading axis): :math:`p = a / \\sum_k a_k`; the last is the stop state."""
     return a / jnp.sum(a, axis=0, keepdims=True)
 
 
 def recall_update(
-    t: Array, a: Array, j, params: CMRParams, tables: PowerTables, n: int
-) -> tuple[Array, Array]:
+    t: States, a: States, j: Item, params: CMRParams, tables: PowerTables, n: int
+) -> tuple[States, States]:
     """Context update after recalling item ``j``; returns the new ``(t, a = M^T t)`` in O(n).
 
     .. math::
@@ -284,7 +288,7 @@ def recall_update(
     return ((1 - b) * t + b * t_in) / rho, ((1 - b) * a + b * a_in) / rho
 
 
-def context_at(a: Array, j, tables: PowerTables) -> Array:
+def context_at(a: States, j: Item, tables: PowerTables) -> Float[Array, "*batch"]:
     """The context entry :math:`t_j` recovered from the activations alone: :math:`t_j = a_{j+1} - r a_j`.
 
     Since :math:`a_k = \\sum_{i<k} t_i r^{k-1-i}`, :math:`a_{j+1} = r a_j + t_j` for :math:`j < n`; so a
@@ -294,7 +298,7 @@ def context_at(a: Array, j, tables: PowerTables) -> Array:
     return _take(a, j + 1) - tables.r * _take(a, j)
 
 
-def recall_update_activations(a: Array, j, params: CMRParams, tables: PowerTables, n: int) -> Array:
+def recall_update_activations(a: States, j: Item, params: CMRParams, tables: PowerTables, n: int) -> States:
     """:func:`recall_update` for the activations only: :math:`a' = M^\\top t'` without storing ``t``.
 
     Same equations (``t_j`` from :func:`context_at`); half the work per step. Shapes as in

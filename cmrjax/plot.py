@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Colours used throughout (colour-blind safe, Okabe-Ito).
 POSITIVE = "#D55E00"  # copying score > 0
@@ -207,7 +208,7 @@ def distance_histogram(distance: np.ndarray, *, threshold: float = 0.5, bins: in
     return fig
 
 
-def percent_by_layer(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str = "",
+def percent_by_layer(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], *, title: str = "",
                      xlabel: str = "relative layer position"):
     """Percent of CMR-like heads by (relative) layer position, one line per model.
 

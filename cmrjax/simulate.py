@@ -38,6 +38,7 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
 from cmrjax.closed_form import corner_crp_per_start, is_corner
 from cmrjax.model import (
@@ -85,7 +86,9 @@ def _cumsum0(x: jax.Array) -> jax.Array:
     return cdf.reshape((nb * bs,) + batch)[:S]
 
 
-def inverse_cdf(a: jax.Array, u) -> tuple[jax.Array, jax.Array]:
+def inverse_cdf(
+    a: Float[Array, "states *batch"], u: Float[Array, "*batch"]
+) -> tuple[Int[Array, "*batch"], Float[Array, "*batch"]]:
     """Inverse-CDF draws from unnormalised weights ``a`` (states, *batch) with uniforms ``u`` (*batch).
 
     Returns ``(j, total)``: per batch position the smallest ``j`` with ``cumsum(a)[j] > u * sum(a)`` (the
@@ -124,7 +127,7 @@ class _Carry(NamedTuple):
 
 
 def simulate_trials(
-    uniforms: jax.Array, starts, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False,
+    uniforms: Float[Array, "recalls *trials"], starts: Int[Array, "*trials"] | int, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False,
     estimators: tuple[str, ...] = ESTIMATORS,
 ) -> TrialResult:
     """A batch of recall trials, trial ``b`` cued by ``starts[b]`` and driven by ``uniforms[:, b]``.

@@ -136,3 +136,13 @@ def test_activation_only_update_equals_the_full_context_update():
             t, a = recall_update(t, a, j, params, tables, n)
             a_only = recall_update_activations(a_only, j, params, tables, n)
             np.testing.assert_allclose(np.asarray(a_only), np.asarray(a), atol=1e-12)
+
+
+def test_mismatched_batch_shapes_are_caught_by_the_runtime_shape_check():
+    """The suite runs with jaxtyping + beartype on cmrjax (pyproject addopts): t has 3 trials, j has 4."""
+    import jaxtyping
+
+    tables = power_tables(0.5, 10)
+    t = jnp.ones((11, 3)) / jnp.sqrt(11.0)
+    with pytest.raises(jaxtyping.TypeCheckError):
+        recall_update(t, t, jnp.zeros(4, jnp.int32), CMRParams(0.5, 0.5, 0.5), tables, 10)
