@@ -8,11 +8,12 @@ Sections (each prints a table):
 2. precision: at random grid points, the Rao-Blackwellised trial count per start whose Monte Carlo variance
    matches the sampled estimator's at 1,000 trials on every CRP entry (variances from per-trial influences,
    both estimators on the same trials), and the work this saves on the full grid.
-3. full grid: the whole 20 x 21 x 11 paper grid with the Rao-Blackwellised estimator at that trial count,
-   timed end to end (compilation reported apart), and compared with the reference grid when it is present.
+3. full grid: the whole 20 x 21 x 11 paper grid at the paper's precision with the Rao-Blackwellised estimator
+   and per-point trial counts from a pilot run (``--uniform``: also with one count for all points), timed end
+   to end, and compared with the reference grid when it is present.
 
 Usage:
-    python benchmarks/bench_simulate.py                  # CPU, about 5 minutes on 2 cores
+    python benchmarks/bench_simulate.py                  # CPU, about 5 minutes on 2 cores (--uniform: +7)
     python benchmarks/bench_simulate.py --quick          # smaller, about 1 minute
     python benchmarks/bench_simulate.py --gpu            # the full paper grid on the default GPU, timed
 """
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu", action="store_true", help="time the full paper grid on the GPU and exit")
     ap.add_argument("--rb-trials", type=int, default=None, help="trials per start for the full-grid run")
     ap.add_argument("--skip-grid", action="store_true", help="skip section 3")
+    ap.add_argument("--uniform", action="store_true",
+                    help="section 3: also run the full grid with one uniform trial count (the maximum needed)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -171,16 +174,25 @@ def main(argv=None) -> int:
         if devices[0].platform != "gpu":
             print("--gpu: no GPU visible to JAX (install jax[cuda12]); nothing timed")
             return 2
-        T = args.rb_trials or 48
-        for est, trials in [("rao_blackwell", T), ("sampled", 1000)]:
-            first, best, res = time_cmrjax(jax.random.key(0), grid, trials=trials, estimator=est)
-            print(f"full paper grid ({n_grid} points x 20 starts x {trials} trials, {est}): "
-                  f"{best:.2f} s (first call incl. compile {first:.2f} s)")
-            results[f"gpu_grid_{est}"] = dict(trials=trials, seconds=best, first_call=first)
-            if ref_path is not None:
-                from cmrjax.io import load_crp_grid
+        from cmrjax.simulate import rao_blackwell_trials, simulate_crp
 
-                ref = load_crp_grid(ref_path).crp.reshape(n_grid, -1)
+        ref = None
+        if ref_path is not None:
+            from cmrjax.io import load_crp_grid
+
+            ref = load_crp_grid(ref_path).crp.reshape(n_grid, -1)
+        runs = [("sampled, 1000 trials", dict(trials=1000, estimator="sampled"))]
+        t0 = time.perf_counter()
+        per_point = rao_blackwell_trials(jax.random.key(0), grid)
+        pilot_s = time.perf_counter() - t0
+        runs.append((f"rao_blackwell, per-point trials (pilot {pilot_s:.2f} s, not included)",
+                     dict(trials=per_point, estimator="rao_blackwell")))
+        for label, kw in runs:
+            first, best, res = time_cmrjax(jax.random.key(0), grid, **kw)
+            print(f"full paper grid ({n_grid} points x 20 starts, {label}): {best:.2f} s "
+                  f"(first call incl. compile {first:.2f} s)")
+            results[f"gpu_grid_{kw['estimator']}"] = dict(seconds=best, first_call=first, pilot_s=pilot_s)
+            if ref is not None:
                 d = np.abs(res.crp - ref)
                 print(f"  vs reference grid: mean |d| {d.mean():.5f}, max |d| {d.max():.5f}")
         if args.json:
@@ -225,34 +237,57 @@ def main(argv=None) -> int:
           ["median", "90%", "max", "mean", "work saved (uniform T = max)", "(per-point T)"])
     results["precision"] = dict(points=study.tolist(), trials_needed=need.tolist())
     chosen = args.rb_trials or int(min(1000, q[2]))
-    print(f"   -> full-grid run below uses {chosen} Rao-Blackwellised trials per start (override: --rb-trials)\n")
+    print(f"   -> a uniform count would need {chosen} trials per start (section 3 with --uniform; override: "
+          "--rb-trials); per-point counts are what `--trials auto` uses\n")
 
     # 3. full grid ---------------------------------------------------------------------------------------
     if not args.skip_grid:
-        from cmrjax.simulate import default_chunk_size, simulate_crp
+        from cmrjax.simulate import default_chunk_size, rao_blackwell_trials, simulate_crp
 
-        chunk = default_chunk_size(SimConfig(), chosen, len(devices))
-        t0 = time.perf_counter()
-        res = simulate_crp(jax.random.key(0), grid[:1], trials=chosen, estimator="rao_blackwell", chunk_size=chunk)
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = simulate_crp(jax.random.key(0), grid, trials=chosen, estimator="rao_blackwell", chunk_size=chunk,
-                           progress=sys.stderr.isatty())
-        grid_s = time.perf_counter() - t0
-        line = (f"3. Full paper grid, rao_blackwell, {chosen} trials x 20 starts: {grid_s:.1f} s "
-                f"(compile {compile_s:.1f} s apart; goal <= 30 s on 2 CPU cores)")
-        print(line)
-        results["full_grid"] = dict(trials=chosen, seconds=grid_s, compile_s=compile_s)
+        ref = None
         if ref_path is not None:
             from cmrjax.io import load_crp_grid
 
             ref = load_crp_grid(ref_path).crp.reshape(n_grid, -1)
+
+        def compare(res, label):
+            if ref is None:
+                print("   reference grid absent (../shared/reference/icl-cmr): no comparison")
+                return {}
             d = np.abs(res.crp - ref)
-            print(f"   vs reference grid (1000 sampled trials, independent noise): mean |d| {d.mean():.5f} "
+            print(f"   {label} vs reference grid (1000 sampled trials, independent noise): mean |d| {d.mean():.5f} "
                   f"(goal <= 0.0006), max |d| {d.max():.5f} (goal <= 0.006)")
-            results["full_grid"].update(mean_abs_diff=float(d.mean()), max_abs_diff=float(d.max()))
-        else:
-            print("   reference grid absent (../shared/reference/icl-cmr): no comparison")
+            return dict(mean_abs_diff=float(d.mean()), max_abs_diff=float(d.max()))
+
+        bar = sys.stderr.isatty()
+        # per-point trial counts from a pilot run (the default way to reach the paper's precision)
+        t0 = time.perf_counter()
+        per_point = rao_blackwell_trials(jax.random.key(0), grid)
+        pilot_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = simulate_crp(jax.random.key(0), grid, trials=per_point, estimator="rao_blackwell", progress=bar)
+        main_s = time.perf_counter() - t0
+        print(f"3. Full paper grid at the paper's precision, rao_blackwell with per-point trials "
+              f"(`cmrjax simulate --grid paper --estimator rao-blackwell --trials auto`): pilot {pilot_s:.1f} s + "
+              f"simulation {main_s:.1f} s = {pilot_s + main_s:.1f} s, compilation included "
+              f"(goal <= 30 s on 2 CPU cores); trials per start: median {int(np.median(per_point))}, "
+              f"mean {per_point.mean():.0f}, max {int(per_point.max())}")
+        results["full_grid_auto"] = dict(pilot_s=pilot_s, main_s=main_s, mean_trials=float(per_point.mean()),
+                                         **compare(res, "per-point trials"))
+        if args.uniform:
+            chunk = default_chunk_size(SimConfig(), chosen, len(devices))
+            t0 = time.perf_counter()
+            res = simulate_crp(jax.random.key(0), grid[:1], trials=chosen, estimator="rao_blackwell",
+                               chunk_size=chunk)
+            compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = simulate_crp(jax.random.key(0), grid, trials=chosen, estimator="rao_blackwell", chunk_size=chunk,
+                               progress=bar)
+            grid_s = time.perf_counter() - t0
+            print(f"   uniform {chosen} rao_blackwell trials x 20 starts: {grid_s:.1f} s (compile {compile_s:.1f} s "
+                  "apart)")
+            results["full_grid_uniform"] = dict(trials=chosen, seconds=grid_s, compile_s=compile_s,
+                                                **compare(res, "uniform"))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

@@ -33,7 +33,14 @@ def register(sub) -> None:
     p.add_argument("--beta-enc", type=_floats, metavar="V,V,..", help="beta_enc values (grid axis)")
     p.add_argument("--beta-rec", type=_floats, metavar="V,V,..", help="beta_rec values (grid axis)")
     p.add_argument("--gamma-ft", type=_floats, metavar="V,V,..", help="gamma_ft values (grid axis)")
-    p.add_argument("--trials", type=int, default=1000, help="recall trials per start position (default 1000)")
+    p.add_argument("--trials", default="1000", metavar="N|auto",
+                   help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
+                   "per point, as many as match the sampled estimator's precision at --match-trials, measured "
+                   "by a pilot run")
+    p.add_argument("--match-trials", type=int, default=1000,
+                   help="--trials auto: the sampled trial count whose precision to match (default 1000)")
+    p.add_argument("--pilot-trials", type=int, default=64,
+                   help="--trials auto: trials per start of the pilot run (default 64)")
     p.add_argument("--starts", type=int, default=20, help="start positions s0 = 0..starts-1 (default 20)")
     p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
     p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
@@ -74,8 +81,19 @@ def _partial_path(out: Path) -> Path:
 
 
 def run(args) -> int:
-    if args.trials < 1:
-        raise CLIError(f"--trials={args.trials} must be a positive integer")
+    auto = args.trials == "auto"
+    if auto:
+        if args.estimator != "rao-blackwell":
+            raise CLIError("--trials auto sizes the rao-blackwell estimator; add --estimator rao-blackwell")
+        if args.match_trials < 1 or args.pilot_trials < 2:
+            raise CLIError("--match-trials must be >= 1 and --pilot-trials >= 2")
+    else:
+        try:
+            args.trials = int(args.trials)
+        except ValueError:
+            raise CLIError(f"--trials={args.trials!r} must be a positive integer or 'auto'") from None
+        if args.trials < 1:
+            raise CLIError(f"--trials={args.trials} must be a positive integer")
     if args.starts < 1 or args.max_recalls < 1 or args.list_length < 1 or args.max_lag < 1:
         raise CLIError("--starts, --max-recalls, --list-length and --max-lag must be positive integers")
     if args.out.suffix != ".npz":
@@ -110,11 +128,12 @@ def run(args) -> int:
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
-    from cmrjax.simulate import iter_simulate_chunks
+    from cmrjax.simulate import iter_simulate_chunks, rao_blackwell_trials
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
-    settings = dict(seed=args.seed, trials=args.trials, n_starts=args.starts, max_recalls=args.max_recalls,
+    trials_setting = f"auto(match={args.match_trials},pilot={args.pilot_trials})" if auto else args.trials
+    settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
                     dtype=config.dtype, n_points=int(len(points)),
                     points_sha=_sha(points))
@@ -132,8 +151,19 @@ def run(args) -> int:
             raise CLIError(f"--resume: settings differ from the interrupted run: {diff}")
         arr = read_npz(partial)
         crp, sem, done = arr["crp"], arr["crp_sem"], arr["done"].astype(bool)
+        per_point = arr.get("trials")
+    else:
+        per_point = None
     todo = np.flatnonzero(~done)
     key = jax.random.key(args.seed)
+    if auto and per_point is None:
+        t_pilot = time.perf_counter()
+        per_point = rao_blackwell_trials(key, points, config=config, match_trials=args.match_trials,
+                                         pilot_trials=args.pilot_trials, chunk_size=args.chunk_size)
+        print(f"pilot ({args.pilot_trials} trials x {args.starts} starts per point, "
+              f"{time.perf_counter() - t_pilot:.1f} s): trials per start by point: median "
+              f"{int(np.median(per_point))}, max {int(per_point.max())}, mean {per_point.mean():.0f}")
+    extra = {} if per_point is None else {"trials": per_point}
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -142,7 +172,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     last_save = t0
     if len(todo):
-        it = iter_simulate_chunks(key, points[todo], config=config, trials=args.trials, estimator=estimator,
+        it = iter_simulate_chunks(key, points[todo], config=config,
+                                  trials=per_point[todo] if auto else args.trials, estimator=estimator,
                                   corners=corners, chunk_size=args.chunk_size, indices=todo)
         try:
             for idx, c, s in it:
@@ -151,11 +182,12 @@ def run(args) -> int:
                     bar.update(len(idx))
                 now = time.perf_counter()
                 if now - last_save > 5.0 and not done.all():
-                    atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings))
+                    atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings),
+                                 **extra)
                     last_save = now
         except KeyboardInterrupt:
             if done.any():
-                atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings))
+                atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings), **extra)
             raise
     if bar is not None:
         bar.close()
@@ -163,14 +195,16 @@ def run(args) -> int:
     meta = dict(settings, package_version=package_version(), seconds=round(elapsed, 3),
                 devices=[str(d) for d in jax.devices()])
     if axes is None:
-        save_crp_grid(args.out, crp=crp, crp_sem=sem, lags=config.lags, points=points, metadata=meta)
+        save_crp_grid(args.out, crp=crp, crp_sem=sem, lags=config.lags, points=points, trials=per_point,
+                      metadata=meta)
     else:
         shape = tuple(len(a) for a in axes) + (K,)
         save_crp_grid(args.out, crp=crp.reshape(shape), crp_sem=sem.reshape(shape), lags=config.lags,
-                      beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], metadata=meta)
+                      beta_enc=axes[0], beta_rec=axes[1], gamma_ft=axes[2], metadata=meta,
+                      trials=None if per_point is None else per_point.reshape(shape[:-1]))
     if partial.exists():
         os.unlink(partial)
-    print(f"wrote {args.out} ({N} points, {args.trials} trials x {args.starts} starts, {estimator}) "
+    print(f"wrote {args.out} ({N} points, {trials_setting} trials x {args.starts} starts, {estimator}) "
           f"in {elapsed:.1f} s")
     return 0
 

@@ -431,10 +431,16 @@ def save_crp_grid(
     beta_rec: np.ndarray | None = None,
     gamma_ft: np.ndarray | None = None,
     points: np.ndarray | None = None,
+    trials: np.ndarray | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Atomically write a CRP-grid file (product grid, or a list of ``points``)."""
+    """Atomically write a CRP-grid file (product grid, or a list of ``points``).
+
+    ``trials``, when given, holds per-point trial counts (shaped like ``crp`` without its lag axis).
+    """
     arrays: dict[str, Any] = dict(crp=np.asarray(crp), lags=np.asarray(lags))
+    if trials is not None:
+        arrays["trials"] = np.asarray(trials)
     if crp_sem is not None:
         arrays["crp_sem"] = np.asarray(crp_sem)
     if points is not None:

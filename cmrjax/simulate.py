@@ -264,7 +264,7 @@ def iter_simulate_chunks(
     points,
     *,
     config: SimConfig = SimConfig(),
-    trials: int = 1000,
+    trials: int | np.ndarray = 1000,
     estimator: str = "sampled",
     corners: str = "closed_form",
     chunk_size: int | None = None,
@@ -277,12 +277,22 @@ def iter_simulate_chunks(
     ``key`` and its index only, so a subset simulated later (``--resume``) equals the same rows of a full run.
     The parameter axis of each chunk is sharded across ``devices`` (default: all visible JAX devices).
     """
-    _check(trials, estimator, corners)
     points = validate_params(points)
     N = len(points)
     indices = np.arange(N) if indices is None else np.asarray(indices)
     if indices.shape != (N,):
         raise ValueError(f"indices must have shape ({N},), got {indices.shape}")
+    if np.ndim(trials) == 1:  # per-point trial counts: one pass (one compilation) per distinct count
+        trials = np.asarray(trials)
+        if trials.shape != (N,) or not np.issubdtype(trials.dtype, np.integer):
+            raise ValueError(f"per-point trials must be an int array of shape ({N},), got {trials.shape}")
+        for T in np.unique(trials):
+            sel = np.flatnonzero(trials == T)
+            yield from iter_simulate_chunks(key, points[sel], config=config, trials=int(T), estimator=estimator,
+                                            corners=corners, chunk_size=chunk_size, indices=indices[sel],
+                                            devices=devices)
+        return
+    _check(trials, estimator, corners)
     devices = list(jax.devices()) if devices is None else list(devices)
     nd = len(devices)
     n_sim = int((~(is_corner(points) if corners == "closed_form" else np.zeros(N, bool))).sum())
@@ -326,7 +336,7 @@ def simulate_crp(
     points,
     *,
     config: SimConfig = SimConfig(),
-    trials: int = 1000,
+    trials: int | np.ndarray = 1000,
     estimator: str = "sampled",
     corners: str = "closed_form",
     chunk_size: int | None = None,
@@ -339,7 +349,8 @@ def simulate_crp(
       key: a ``jax.random`` key.
       points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
       config: list length, starts, maximum recalls, lag window, dtype.
-      trials: recall trials per start position.
+      trials: recall trials per start position; an int, or an (N,) int array of per-point counts (e.g. from
+        :func:`rao_blackwell_trials`).
       estimator: ``"sampled"`` (the paper's) or ``"rao_blackwell"`` (lower variance at equal trials).
       corners: ``"closed_form"`` uses the paper's closed forms at (beta_rec in {0, 1}, gamma_ft = 0), as in
         the reference grid; ``"simulate"`` simulates them too (the simulation is continuous there, the
@@ -379,6 +390,87 @@ def simulate_crp(
     if bar is not None:
         bar.close()
     return CRPResult(crp=crp, crp_sem=sem, lags=config.lags, points=points)
+
+
+def _influence_variance(x, n_rec, S: int, T: int):
+    """Monte Carlo variance of each final CRP entry from per-trial contributions (delta method).
+
+    x: (lags, S*T) per-trial window counts; n_rec: (S*T,). A start's CRP is m / sum(m), m the trial mean of
+    x / N; its linearisation gives per-trial influences whose variance / T is that start's CRP variance; the
+    final CRP averages the S starts. Returns (lags,).
+    """
+    per = jnp.where(n_rec[None] > 0, x / jnp.maximum(n_rec, 1)[None], 0).reshape(-1, S, T)
+    m = per.mean(-1)
+    M = m.sum(0)
+    crp = m / M[None]
+    y = (per - crp[:, :, None] * per.sum(0)[None]) / M[None, :, None]
+    return (y.var(-1, ddof=1) / T).sum(1) / S**2
+
+
+@partial(jax.jit, static_argnames=("config", "trials"))
+def _pilot_chunk(key, indices, points, *, config: SimConfig, trials: int):
+    """Per point: (variance of the sampled CRP, variance of the Rao-Blackwellised CRP), each (lags,)."""
+    def one(index, point):
+        dtype = config.jnp_dtype
+        S = config.n_starts
+        params = CMRParams(*(p.astype(dtype) for p in (point[0], point[1], point[2])))
+        tables = power_tables(params.beta_enc, config.list_length, dtype)
+        u = _uniforms(jax.random.fold_in(key, index), config, trials, S, dtype)
+        res = simulate_trials(u, jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials), params, tables, config)
+        n = res.n_recalls.astype(dtype)
+        return (_influence_variance(res.counts, n, S, trials), _influence_variance(res.expected, n, S, trials))
+
+    return jax.vmap(one)(indices, points)
+
+
+def rao_blackwell_trials(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    match_trials: int = 1000,
+    pilot_trials: int = 64,
+    max_trials: int = 4096,
+    min_sd: float = 1e-5,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Per-point trial counts at which ``rao_blackwell`` is as precise as ``sampled`` with ``match_trials``.
+
+    A pilot run (``pilot_trials`` per start, its own keys) measures, for every point and every lag, the Monte
+    Carlo variance of both estimators from the same simulated trials (per-trial influences of the paper's
+    per-start normalisation). A point needs ``match_trials * max_lag var_rb / var_sampled`` trials; lags whose
+    standard deviation at ``match_trials`` is below ``min_sd`` for both estimators are ignored. Counts are
+    rounded up to powers of two (each distinct count compiles once) and clipped to [16, ``max_trials``].
+
+    Returns:
+      (N,) int array, for ``simulate_crp(..., trials=counts, estimator="rao_blackwell")``.
+    """
+    points = validate_params(points)
+    _check(pilot_trials, "rao_blackwell", "simulate")
+    if match_trials < 1 or max_trials < 16:
+        raise ValueError(f"match_trials={match_trials} must be >= 1 and max_trials={max_trials} >= 16")
+    N = len(points)
+    nd = len(jax.devices())
+    chunk = chunk_size or min(default_chunk_size(config, pilot_trials, nd), max(N, 1))
+    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+    pkey = jax.random.fold_in(key, 0x7FFFFFFF)  # the pilot never shares draws with the main run
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    ratio = np.empty(N)
+    for lo in range(0, N, chunk):
+        sel = np.arange(lo, min(lo + chunk, N))
+        pad = chunk - len(sel)
+        pts = np.concatenate([points[sel], np.repeat(points[sel[-1:]], pad, 0)]).astype(dtype)
+        idx = np.concatenate([sel, np.repeat(sel[-1:], pad)]).astype(np.uint32)
+        vs, vr = map(np.asarray, _pilot_chunk(pkey, jnp.asarray(idx), jnp.asarray(pts), config=config,
+                                              trials=pilot_trials))
+        vs, vr = vs[: len(sel)].astype(np.float64), vr[: len(sel)].astype(np.float64)
+        scale = pilot_trials / match_trials  # variances at match_trials
+        resolved = np.maximum(vs, vr) * scale > min_sd**2
+        r = np.where(resolved, vr / np.where(vs > 0, vs, np.inf), 0.0)
+        r = np.where(resolved & (vs <= 0), np.inf, r)
+        ratio[sel] = r.max(axis=1)
+    need = np.clip(np.ceil(match_trials * ratio), 16, max_trials)
+    return np.minimum(2 ** np.ceil(np.log2(need)), max_trials).astype(np.int64)
 
 
 def grid_points(beta_enc, beta_rec, gamma_ft) -> np.ndarray:

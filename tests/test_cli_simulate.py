@@ -117,3 +117,15 @@ def test_help_lists_the_estimators(capsys):
     out = capsys.readouterr().out
     assert "rao-blackwell" in out and "sampled" in out and "--resume" in out
     assert cli_simulate.register  # the module registers itself
+
+
+def test_trials_auto_stores_per_point_counts_and_needs_rao_blackwell(tmp_path, capsys):
+    args = [a for a in SMALL if a not in ("--trials", "8")]
+    out = tmp_path / "a.npz"
+    assert cli.main(["simulate", *args, "--trials", "auto", "--out", str(out)]) == 2
+    assert "--estimator rao-blackwell" in capsys.readouterr().err
+    assert cli.main(["simulate", *args, "--trials", "auto", "--pilot-trials", "8", "--estimator", "rao-blackwell",
+                     "--out", str(out)]) == 0
+    d = np.load(out)
+    assert d["trials"].shape == (2, 3, 2) and d["trials"].min() >= 16
+    assert json.loads(str(d["metadata"]))["trials"].startswith("auto")
