@@ -127,7 +127,12 @@ class _Carry(NamedTuple):
 
 
 def simulate_trials(
-    uniforms: Float[Array, "recalls *trials"], starts: Int[Array, "*trials"] | int, params: CMRParams, tables: PowerTables, config: SimConfig, record: bool = False,
+    uniforms: Float[Array, "recalls *trials"],
+    starts: Int[Array, "*trials"] | int,
+    params: CMRParams,
+    tables: PowerTables,
+    config: SimConfig,
+    record: bool = False,
     estimators: tuple[str, ...] = ESTIMATORS,
 ) -> TrialResult:
     """A batch of recall trials, trial ``b`` cued by ``starts[b]`` and driven by ``uniforms[:, b]``.
@@ -295,13 +300,12 @@ def iter_simulate_chunks(
     _check(trials, estimator, corners)
     devices = list(jax.devices()) if devices is None else list(devices)
     nd = len(devices)
-    n_sim = int((~(is_corner(points) if corners == "closed_form" else np.zeros(N, bool))).sum())
+    corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
     # default: a memory budget, but never more than the points there are (padding is wasted work)
-    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(n_sim, 1))
+    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(int((~corner).sum()), 1))
     chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
     dtype = np.float64 if config.dtype == "float64" else np.float32
     config.jnp_dtype  # raises a clear error when float64 is asked for without x64
-    corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
     sharding = None
     if nd > 1:
         mesh = jax.sharding.Mesh(np.array(devices), ("points",))
