@@ -193,26 +193,49 @@ def _uniforms(pkey, config: SimConfig, trials: int, n_starts: int, dtype) -> jax
     return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, n_starts * trials)
 
 
+#: Trials simulated side by side on CPUs (per parameter point): the step's (states x trials) arrays then stay in
+#: cache. Measured on a 2-core machine: blocks of ~4k trials ran ~2x faster than 20k at once.
+CPU_TRIAL_BLOCK = 4096
+
+
+def _starts_per_block(config: SimConfig, trials: int) -> int:
+    """How many start positions run side by side: all of them on accelerators; on CPUs the largest divisor
+    of ``n_starts`` that keeps a block within :data:`CPU_TRIAL_BLOCK` trials."""
+    S = config.n_starts
+    if jax.default_backend() != "cpu":
+        return S
+    limit = max(1, CPU_TRIAL_BLOCK // trials)
+    return max(b for b in range(1, S + 1) if S % b == 0 and b <= limit)
+
+
 def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: str) -> jax.Array:
     """Per-start normalised CRPs of one parameter point: (starts, lags).
 
-    All starts' trials run side by side on the trailing axis. A trial contributes its window counts divided by
-    its number of recalls (none: contributes 0); a start's CRP is the mean over trials normalised to sum 1
-    (0/0, no transition in the window at all, gives 0).
+    Starts run in blocks (:func:`_starts_per_block`), a block's trials side by side on the trailing axis. A
+    trial contributes its window counts divided by its number of recalls (none: contributes 0); a start's CRP
+    is the mean over trials normalised to sum 1 (0/0, no transition in the window at all, gives 0).
     """
     dtype = config.jnp_dtype
     S, T = config.n_starts, trials
+    B = _starts_per_block(config, T)
     params = CMRParams(*(p.astype(dtype) for p in (point[0], point[1], point[2])))
     tables = power_tables(params.beta_enc, config.list_length, dtype)
-    u = _uniforms(jax.random.fold_in(key, index), config, T, S, dtype)
-    starts = jnp.repeat(jnp.arange(S, dtype=jnp.int32), T)
-    res = simulate_trials(u, starts, params, tables, config, estimators=(estimator,))
-    x = res.counts if estimator == "sampled" else res.expected  # (lags, S*T)
-    n = res.n_recalls.astype(dtype)
-    per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, S, T)
-    mean = per_trial.mean(axis=-1).T  # (starts, lags)
-    tot = mean.sum(axis=-1, keepdims=True)
-    return jnp.where(tot > 0, mean / jnp.where(tot > 0, tot, 1), 0)
+    pkey = jax.random.fold_in(key, index)
+
+    def one_block(block):  # block: (B,) start items
+        u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(pkey, s), (config.max_recalls, T), dtype))(
+            block)  # (B, recalls, trials)
+        u = jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, B * T)
+        res = simulate_trials(u, jnp.repeat(block, T), params, tables, config, estimators=(estimator,))
+        x = res.counts if estimator == "sampled" else res.expected  # (lags, B*T)
+        n = res.n_recalls.astype(dtype)
+        per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, B, T)
+        mean = per_trial.mean(axis=-1).T  # (B, lags)
+        tot = mean.sum(axis=-1, keepdims=True)
+        return jnp.where(tot > 0, mean / jnp.where(tot > 0, tot, 1), 0)
+
+    blocks = jnp.arange(S, dtype=jnp.int32).reshape(S // B, B)
+    return jax.lax.map(one_block, blocks).reshape(S, -1)
 
 
 @partial(jax.jit, static_argnames=("config", "trials", "estimator"))
@@ -250,7 +273,7 @@ def default_chunk_size(config: SimConfig, trials: int, n_devices: int = 1, memor
         memory_bytes = 2**24 if jax.default_backend() == "cpu" else 2**29
     memory_bytes *= n_devices
     itemsize = 8 if config.dtype == "float64" else 4
-    per_point = config.n_starts * trials * config.n_states * itemsize * 8
+    per_point = _starts_per_block(config, trials) * trials * config.n_states * itemsize * 8
     c = max(1, int(memory_bytes // per_point))
     return max(n_devices, (c // n_devices) * n_devices)
 
