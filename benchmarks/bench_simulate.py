@@ -77,46 +77,6 @@ def numpy_crps(points, trials, n_starts, n=100, max_recalls=50, max_lag=8, seed=
     return np.array(out), steps
 
 
-def influence_variance(x, n_rec, n_starts):
-    """Monte Carlo variance of the final CRP entries from per-trial contributions (delta method).
-
-    x: (lags, starts, trials) per-trial window counts; n_rec: (starts, trials). The per-start CRP is
-    m / sum(m) with m the trial mean of x / N; its linearisation gives per-trial influences whose variance / T
-    is the variance of that start's CRP; the final CRP averages the starts.
-    """
-    per = np.where(n_rec[None] > 0, x / np.maximum(n_rec, 1)[None], 0.0)
-    m = per.mean(-1)
-    M = m.sum(0)
-    crp = m / M
-    y = (per - crp[:, :, None] * per.sum(0)[None]) / M[None, :, None]
-    return (y.var(-1, ddof=1) / per.shape[-1]).sum(1) / n_starts**2
-
-
-def trials_needed(point, trials=1000, n_starts=20, floor=1e-12):
-    """Rao-Blackwellised trials per start whose per-entry variance matches ``trials`` sampled ones.
-
-    Both estimators come from the same simulated trials (the sampled counts and the Rao-Blackwellised ones),
-    so their variance ratio is measured without seed noise. Entries that neither estimator can resolve
-    (variance below ``floor``) are ignored.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from cmrjax.model import CMRParams, SimConfig, power_tables
-    from cmrjax.simulate import simulate_trials
-
-    cfg = SimConfig()
-    p = CMRParams(*(jnp.float32(v) for v in point))
-    u = jax.random.uniform(jax.random.key(1), (cfg.max_recalls, n_starts * trials))
-    res = simulate_trials(u, jnp.repeat(jnp.arange(n_starts), trials), p, power_tables(p.beta_enc, 100), cfg)
-    K = res.counts.shape[0]
-    n_rec = np.asarray(res.n_recalls).reshape(n_starts, trials)
-    vs = influence_variance(np.asarray(res.counts).reshape(K, n_starts, trials), n_rec, n_starts)
-    vr = influence_variance(np.asarray(res.expected).reshape(K, n_starts, trials), n_rec, n_starts)
-    ok = np.maximum(vs, vr) > floor
-    return float(np.ceil(trials * np.max(vr[ok] / vs[ok]))) if ok.any() else 1.0
-
-
 def time_cmrjax(key, points, **kw):
     """(first-call seconds including compilation, best of 3 steady-state seconds, result)."""
     from cmrjax.simulate import simulate_crp
@@ -225,7 +185,10 @@ def main(argv=None) -> int:
     n_pts = 12 if args.quick else 40
     study = grid[~((grid[:, 2] == 0) & np.isin(grid[:, 1], [0.0, 1.0]))]  # corners are exact
     study = study[rng.choice(len(study), n_pts, replace=False)]
-    need = np.array([trials_needed(p) for p in study])
+    from cmrjax.simulate import estimator_variances, trials_to_match
+
+    vs, vr = estimator_variances(jax.random.key(1), study, trials=1000)  # both estimators, same trials
+    need = np.ceil(trials_to_match(vs, vr, trials=1000, match_trials=1000))  # lags with SD < 1e-5 ignored
     q = np.quantile(need, [0.5, 0.9, 1.0])
     sampled_total = n_grid * 20 * 1000 * steps_per_trial
     uniform_total = n_grid * 20 * q[2] * steps_per_trial

@@ -186,11 +186,11 @@ def simulate_trials(
     return TrialResult(final.counts, final.expected, final.n_recalls, recalls)
 
 
-def _uniforms(pkey, config: SimConfig, trials: int, n_starts: int, dtype) -> jax.Array:
-    """(max_recalls, starts * trials) uniforms; start ``s`` draws from ``fold_in(pkey, s)``."""
+def _uniforms(pkey, config: SimConfig, trials: int, starts, dtype) -> jax.Array:
+    """(max_recalls, len(starts) * trials) uniforms; start ``s`` draws from ``fold_in(pkey, s)``."""
     u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(pkey, s), (config.max_recalls, trials), dtype))(
-        jnp.arange(n_starts))  # (starts, recalls, trials)
-    return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, n_starts * trials)
+        starts)  # (starts, recalls, trials)
+    return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, -1)
 
 
 #: Trials simulated side by side on CPUs (per parameter point): the step's (states x trials) arrays then stay in
@@ -224,10 +224,7 @@ def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: st
     pkey = jax.random.fold_in(key, index)
 
     def one_block(block):  # block: (B,) start items
-        u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(pkey, s), (config.max_recalls, T), dtype))(
-            block)  # (B, recalls, trials)
-        u = jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, B * T)
-        res = simulate_trials(u, jnp.repeat(block, T), params, tables, config, estimators=(estimator,))
+        res = simulate_trials(_uniforms(pkey, config, T, block, dtype), jnp.repeat(block, T), params, tables, config, estimators=(estimator,))
         x = res.counts if estimator == "sampled" else res.expected  # (lags, B*T)
         n = res.n_recalls.astype(dtype)
         per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, B, T)
@@ -288,6 +285,17 @@ def _check(trials: int, estimator: str, corners: str) -> None:
         raise ValueError(f"corners={corners!r} must be one of {CORNERS}")
 
 
+def _padded_chunks(points, indices, todo, chunk: int, dtype):
+    """Yield ``(sel, points, indices)`` for the positions ``todo`` in chunks of exactly ``chunk`` rows (the last
+    one padded by repeating its final row), so every chunk has one shape and compiles once."""
+    for lo in range(0, len(todo), chunk):
+        sel = todo[lo: lo + chunk]
+        pad = chunk - len(sel)
+        pts = np.concatenate([points[sel], np.repeat(points[sel[-1:]], pad, 0)]).astype(dtype)
+        idx = np.concatenate([indices[sel], np.repeat(indices[sel[-1:]], pad)]).astype(np.uint32)
+        yield sel, pts, idx
+
+
 def iter_simulate_chunks(
     key: jax.Array,
     points,
@@ -346,11 +354,7 @@ def iter_simulate_chunks(
             crp[r] = per.mean(0)
             sem[r] = per.std(0, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else 0.0
         yield indices[ci], crp, sem
-    for lo in range(0, len(todo), chunk):
-        sel = todo[lo: lo + chunk]
-        pad = chunk - len(sel)
-        pts = np.concatenate([points[sel], np.repeat(points[sel[-1:]], pad, 0)]).astype(dtype)
-        idx = np.concatenate([indices[sel], np.repeat(indices[sel[-1:]], pad)]).astype(np.uint32)
+    for sel, pts, idx in _padded_chunks(points, indices, todo, chunk, dtype):
         pts_j, idx_j = jnp.asarray(pts), jnp.asarray(idx)
         if sharding is not None:
             pts_j, idx_j = jax.device_put(pts_j, sharding), jax.device_put(idx_j, sharding)
@@ -443,12 +447,57 @@ def _pilot_chunk(key, indices, points, *, config: SimConfig, trials: int):
         S = config.n_starts
         params = CMRParams(*(p.astype(dtype) for p in (point[0], point[1], point[2])))
         tables = power_tables(params.beta_enc, config.list_length, dtype)
-        u = _uniforms(jax.random.fold_in(key, index), config, trials, S, dtype)
+        u = _uniforms(jax.random.fold_in(key, index), config, trials, jnp.arange(S), dtype)
         res = simulate_trials(u, jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials), params, tables, config)
         n = res.n_recalls.astype(dtype)
         return (_influence_variance(res.counts, n, S, trials), _influence_variance(res.expected, n, S, trials))
 
     return jax.vmap(one)(indices, points)
+
+
+def estimator_variances(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    trials: int = 64,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Monte Carlo variance of every CRP entry, for ``sampled`` and ``rao_blackwell`` at ``trials`` per start.
+
+    Both come from the same simulated trials (per-trial influences of the paper's per-start normalisation, see
+    :func:`_influence_variance`), so their ratio carries no seed noise.
+
+    Returns:
+      ``(var_sampled, var_rao_blackwell)``, each (N, lags) float64.
+    """
+    points = validate_params(points)
+    _check(trials, "rao_blackwell", "simulate")
+    N = len(points)
+    nd = len(jax.devices())
+    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(N, 1))
+    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    K = 2 * config.max_lag + 1
+    vs, vr = np.empty((N, K)), np.empty((N, K))
+    for sel, pts, idx in _padded_chunks(points, np.arange(N), np.arange(N), chunk, dtype):
+        a, b = _pilot_chunk(key, jnp.asarray(idx), jnp.asarray(pts), config=config, trials=trials)
+        vs[sel], vr[sel] = np.asarray(a)[: len(sel)], np.asarray(b)[: len(sel)]
+    return vs, vr
+
+
+def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int, match_trials: int = 1000,
+                    min_sd: float = 1e-5) -> np.ndarray:
+    """Rao-Blackwellised trials per start whose variance matches ``match_trials`` sampled ones on every lag.
+
+    ``var_*`` are (N, lags) variances at ``trials`` per start (:func:`estimator_variances`). A point needs
+    ``match_trials * max_lag var_rb / var_sampled``; lags whose standard deviation at ``match_trials`` is below
+    ``min_sd`` for both estimators are ignored. Returns (N,) float (unrounded; inf where sampled is exact).
+    """
+    resolved = np.maximum(var_sampled, var_rb) * (trials / match_trials) > min_sd**2
+    r = np.where(resolved, var_rb / np.where(var_sampled > 0, var_sampled, np.inf), 0.0)
+    r = np.where(resolved & (var_sampled <= 0), np.inf, r)
+    return match_trials * r.max(axis=1)
 
 
 def rao_blackwell_trials(
@@ -464,40 +513,19 @@ def rao_blackwell_trials(
 ) -> np.ndarray:
     """Per-point trial counts at which ``rao_blackwell`` is as precise as ``sampled`` with ``match_trials``.
 
-    A pilot run (``pilot_trials`` per start, its own keys) measures, for every point and every lag, the Monte
-    Carlo variance of both estimators from the same simulated trials (per-trial influences of the paper's
-    per-start normalisation). A point needs ``match_trials * max_lag var_rb / var_sampled`` trials; lags whose
-    standard deviation at ``match_trials`` is below ``min_sd`` for both estimators are ignored. Counts are
-    rounded up to powers of two (each distinct count compiles once) and clipped to [16, ``max_trials``].
+    A pilot run (``pilot_trials`` per start, keys of its own) measures both estimators' variances
+    (:func:`estimator_variances`); :func:`trials_to_match` turns them into counts, rounded up to powers of two
+    (each distinct count compiles once) and clipped to [16, ``max_trials``].
 
     Returns:
       (N,) int array, for ``simulate_crp(..., trials=counts, estimator="rao_blackwell")``.
     """
-    points = validate_params(points)
-    _check(pilot_trials, "rao_blackwell", "simulate")
     if match_trials < 1 or max_trials < 16:
         raise ValueError(f"match_trials={match_trials} must be >= 1 and max_trials={max_trials} >= 16")
-    N = len(points)
-    nd = len(jax.devices())
-    chunk = chunk_size or min(default_chunk_size(config, pilot_trials, nd), max(N, 1))
-    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
     pkey = jax.random.fold_in(key, 0x7FFFFFFF)  # the pilot never shares draws with the main run
-    dtype = np.float64 if config.dtype == "float64" else np.float32
-    ratio = np.empty(N)
-    for lo in range(0, N, chunk):
-        sel = np.arange(lo, min(lo + chunk, N))
-        pad = chunk - len(sel)
-        pts = np.concatenate([points[sel], np.repeat(points[sel[-1:]], pad, 0)]).astype(dtype)
-        idx = np.concatenate([sel, np.repeat(sel[-1:], pad)]).astype(np.uint32)
-        vs, vr = map(np.asarray, _pilot_chunk(pkey, jnp.asarray(idx), jnp.asarray(pts), config=config,
-                                              trials=pilot_trials))
-        vs, vr = vs[: len(sel)].astype(np.float64), vr[: len(sel)].astype(np.float64)
-        scale = pilot_trials / match_trials  # variances at match_trials
-        resolved = np.maximum(vs, vr) * scale > min_sd**2
-        r = np.where(resolved, vr / np.where(vs > 0, vs, np.inf), 0.0)
-        r = np.where(resolved & (vs <= 0), np.inf, r)
-        ratio[sel] = r.max(axis=1)
-    need = np.clip(np.ceil(match_trials * ratio), 16, max_trials)
+    vs, vr = estimator_variances(pkey, points, config=config, trials=pilot_trials, chunk_size=chunk_size)
+    need = np.clip(np.ceil(trials_to_match(vs, vr, trials=pilot_trials, match_trials=match_trials, min_sd=min_sd)),
+                   16, max_trials)
     return np.minimum(2 ** np.ceil(np.log2(need)), max_trials).astype(np.int64)
 
 
@@ -551,6 +579,6 @@ def _simulate_recalls(key, params, starts, *, trials: int, config: SimConfig):
     params = CMRParams(*(jnp.asarray(p, dtype) for p in params))
     tables = power_tables(params.beta_enc, config.list_length, dtype)
     S = starts.shape[0]
-    u = _uniforms(key, config, trials, S, dtype)
+    u = _uniforms(key, config, trials, jnp.arange(S), dtype)
     res = simulate_trials(u, jnp.repeat(starts, trials), params, tables, config, record=True)
     return res.recalls.reshape(config.max_recalls, S, trials).transpose(1, 2, 0)
