@@ -35,12 +35,12 @@ def register(sub) -> None:
     p.add_argument("--gamma-ft", type=_floats, metavar="V,V,..", help="gamma_ft values (grid axis)")
     p.add_argument("--trials", default="1000", metavar="N|auto",
                    help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
-                   "per point, as many as match the sampled estimator's precision at --match-trials, measured "
-                   "by a pilot run")
+                   "per point, as many as match the sampled estimator's precision at --match-trials on every "
+                   "lag, measured by a pilot run whose trials count towards the estimate")
     p.add_argument("--match-trials", type=int, default=1000,
                    help="--trials auto: the sampled trial count whose precision to match (default 1000)")
-    p.add_argument("--pilot-trials", type=int, default=64,
-                   help="--trials auto: trials per start of the pilot run (default 64)")
+    p.add_argument("--pilot-trials", type=int, default=32,
+                   help="--trials auto: trials per start of the pilot run (default 32)")
     p.add_argument("--starts", type=int, default=20, help="start positions s0 = 0..starts-1 (default 20)")
     p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
     p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
@@ -51,7 +51,8 @@ def register(sub) -> None:
                    help="closed-form: the paper's closed forms at beta_rec in {0,1}, gamma_ft=0 (default); "
                    "simulate: simulate them too (continuous surface)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    p.add_argument("--chunk-size", type=int, default=None, help="parameter points per compiled chunk")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="parameter points per compiled chunk (--trials auto: work units of 16 trials x starts)")
     p.add_argument("--float64", action="store_true", help="simulate in float64 (slower)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="output file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
@@ -127,8 +128,9 @@ def run(args) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    from cmrjax.adaptive import iter_simulate_adaptive
     from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
-    from cmrjax.simulate import iter_simulate_chunks, rao_blackwell_trials
+    from cmrjax.simulate import iter_simulate_chunks
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
@@ -141,6 +143,7 @@ def run(args) -> int:
     crp = np.full((N, K), np.nan)
     sem = np.full((N, K), np.nan)
     done = np.zeros(N, bool)
+    per_point = np.zeros(N, np.int64) if auto else None  # auto: trials per start used, filled as points finish
     partial = _partial_path(args.out)
     if partial.exists():
         if not args.resume:
@@ -151,19 +154,15 @@ def run(args) -> int:
             raise CLIError(f"--resume: settings differ from the interrupted run: {diff}")
         arr = read_npz(partial)
         crp, sem, done = arr["crp"], arr["crp_sem"], arr["done"].astype(bool)
-        per_point = arr.get("trials")
-    else:
-        per_point = None
+        if auto:
+            per_point = np.asarray(arr["trials"], np.int64)
     todo = np.flatnonzero(~done)
     key = jax.random.key(args.seed)
-    if auto and per_point is None:
-        t_pilot = time.perf_counter()
-        per_point = rao_blackwell_trials(key, points, config=config, match_trials=args.match_trials,
-                                         pilot_trials=args.pilot_trials, chunk_size=args.chunk_size)
-        print(f"pilot ({args.pilot_trials} trials x {args.starts} starts per point, "
-              f"{time.perf_counter() - t_pilot:.1f} s): trials per start by point: median "
-              f"{int(np.median(per_point))}, max {int(per_point.max())}, mean {per_point.mean():.0f}")
-    extra = {} if per_point is None else {"trials": per_point}
+
+    def save_partial():
+        extra = {} if per_point is None else {"trials": per_point}
+        atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings), **extra)
+
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -172,22 +171,28 @@ def run(args) -> int:
     t0 = time.perf_counter()
     last_save = t0
     if len(todo):
-        it = iter_simulate_chunks(key, points[todo], config=config,
-                                  trials=per_point[todo] if auto else args.trials, estimator=estimator,
-                                  corners=corners, chunk_size=args.chunk_size, indices=todo)
+        if auto:
+            it = iter_simulate_adaptive(key, points[todo], config=config, match_trials=args.match_trials,
+                                        pilot_trials=args.pilot_trials, corners=corners, indices=todo,
+                                        group_size=256, chunk_size=args.chunk_size)
+        else:
+            it = ((i, c, s, None) for i, c, s in iter_simulate_chunks(
+                key, points[todo], config=config, trials=args.trials, estimator=estimator, corners=corners,
+                chunk_size=args.chunk_size, indices=todo))
         try:
-            for idx, c, s in it:
+            for idx, c, s, t in it:
                 crp[idx], sem[idx], done[idx] = c, s, True
+                if t is not None:
+                    per_point[idx] = t
                 if bar is not None:
                     bar.update(len(idx))
                 now = time.perf_counter()
                 if now - last_save > 5.0 and not done.all():
-                    atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings),
-                                 **extra)
+                    save_partial()
                     last_save = now
         except KeyboardInterrupt:
             if done.any():
-                atomic_savez(partial, crp=crp, crp_sem=sem, done=done, metadata=metadata_array(settings), **extra)
+                save_partial()
             raise
     if bar is not None:
         bar.close()
@@ -204,8 +209,10 @@ def run(args) -> int:
                       trials=None if per_point is None else per_point.reshape(shape[:-1]))
     if partial.exists():
         os.unlink(partial)
+    used = "" if per_point is None else (
+        f"; trials per start: median {int(np.median(per_point))}, mean {per_point.mean():.0f}, max {per_point.max()}")
     print(f"wrote {args.out} ({N} points, {trials_setting} trials x {args.starts} starts, {estimator}) "
-          f"in {elapsed:.1f} s")
+          f"in {elapsed:.1f} s{used}")
     return 0
 
 

@@ -9,15 +9,24 @@ Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``c
 
 * ``"sampled"``: the paper's. Count the lag of each sampled transition inside the window, divide by the
   trial's number of recalls :math:`N`, average over trials, normalise to sum 1 per start, average over starts.
-* ``"rao_blackwell"``: at every step that retrieves an item, instead of the one sampled lag, add the whole
-  distribution of the retrieved item given that an item (not the stop state) is retrieved,
-  :math:`\tilde p(\text{prev}+d)`, over the window; the sampled path and its :math:`N` are kept. The
-  summed counts are exactly unbiased (tower property). The paper's per-trial division by :math:`N` couples a
-  step's choice to the trial's length where recall can stop early (low ``beta_enc``): there the two
-  estimators differ slightly (up to ~0.001 in one entry, measured); where every trial makes
-  ``max_recalls`` retrievals they have the same expectation (``tests/test_simulate.py``). It removes the noise
-  of the draw itself, not of the context path, so the trials it saves vary across the grid from ~100x
-  (low ``beta_enc``) to ~1.3x (high ``beta_enc``, low ``beta_rec``); ``benchmarks/bench_simulate.py`` measures it.
+* ``"rao_blackwell"``: the sampled estimator plus a control variate of mean exactly zero that cancels the
+  noise of the draws. At step :math:`k`, let :math:`X_k(d)` be the sampled indicator of lag :math:`d` and
+  :math:`q_k(d) = E[X_k(d) \mid \text{past}]` the probability of the item at lag :math:`d` from the previous
+  recall (alive trials only). A trial contributes
+
+  .. math:: \frac{\sum_k X_k}{N} + \frac{\sum_k (q_k - X_k)}{R},
+
+  :math:`R` = ``max_recalls``. Each :math:`q_k - X_k` has mean zero given the past and :math:`1/R` is known
+  in advance, so the second term has mean exactly zero: the estimator is unbiased for the paper's CRP at
+  every parameter point (tested in float64). Where every trial makes :math:`R` recalls it equals
+  :math:`\sum_k q_k / N`, the Rao-Blackwellised counts (the whole next-recall distribution instead of the one
+  sampled lag). Putting :math:`q_k` inside the division by :math:`N` instead would be biased wherever recall
+  can stop early, because a step's draw changes how soon the trial ends (measured: up to 0.005 in an entry
+  near ``beta_rec`` = 0.95, ``gamma_ft`` = 0, where trials reach the end of the list). The control variate
+  cancels the noise of the draws, not that of the context path nor of the trial's length, so the trials it
+  saves vary across the grid: ~25x at ``beta_enc`` 0.2-0.3, ~1.3-2x at high ``beta_enc`` with low ``beta_rec``
+  (context path) and at ``beta_enc`` 0.05 (trials of very different lengths); ``benchmarks/bench_simulate.py``
+  measures it.
 
 In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
 such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run.
@@ -105,8 +114,8 @@ class TrialResult(NamedTuple):
 
     Attributes:
       counts: (lags, *trials) sampled transition counts inside the lag window.
-      expected: (lags, *trials) Rao-Blackwellised counts (sum over steps of the next-recall distribution on
-        the window).
+      expected: (lags, *trials) Rao-Blackwellised counts: over the steps a trial is alive, the sum of the
+        probabilities (before the draw) of the items at each lag from the previous recall.
       n_recalls: (*trials) number of items recalled (the stop state excluded).
       recalls: (max_recalls, *trials) recalled items in order, -1 after the trial ended (when recorded).
     """
@@ -144,7 +153,7 @@ def simulate_trials(
       config: simulation settings.
       record: also return the recalled items.
       estimators: which accumulators to fill (``"sampled"`` -> ``counts``, ``"rao_blackwell"`` ->
-        ``expected``); the others stay zero and cost nothing.
+        ``counts`` and ``expected``); the others stay zero and cost nothing.
     """
     n, m = config.list_length, config.max_lag
     dtype = uniforms.dtype
@@ -157,18 +166,17 @@ def simulate_trials(
     def step(c: _Carry, u):
         j, total = inverse_cdf(c.a, u)  # state n = stop
         recalled = c.alive & (j < n)
-        # Rao-Blackwell: given that an item (not the stop state) is retrieved, the probabilities of the
-        # items at lags -m..m from prev; added on the steps that retrieved an item.
-        idx = c.prev[None] + d
-        valid = (idx >= 0) & (idx < n)
         expected, counts = c.expected, c.counts
-        if "rao_blackwell" in estimators:
-            p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
-            expected = expected + jnp.where(recalled[None], p_win / (total - c.a[n])[None], 0)
-        if "sampled" in estimators:
+        if "sampled" in estimators or "rao_blackwell" in estimators:
             lag = j - c.prev
             in_win = recalled & (jnp.abs(lag) <= m)
             counts = counts + ((d == lag[None]) & in_win[None]).astype(dtype)
+        if "rao_blackwell" in estimators:
+            # E[this step's lag indicators | the past]: the probabilities of the items at lags -m..m from prev
+            idx = c.prev[None] + d
+            valid = (idx >= 0) & (idx < n)
+            p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
+            expected = expected + jnp.where(c.alive[None], p_win / total[None], 0)
         # After the stop state the trial is over: its activations may change freely (nothing reads them).
         new = _Carry(
             a=recall_update_activations(c.a, jnp.minimum(j, n - 1), params, tables, n),
@@ -180,8 +188,8 @@ def simulate_trials(
         )
         return new, (jnp.where(recalled, j, -1) if record else None)
 
-    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32),
-                  jnp.zeros((K,) + batch, dtype), jnp.zeros((K,) + batch, dtype))
+    zeros = jnp.zeros((K,) + batch, dtype)
+    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32), zeros, zeros)
     final, recalls = jax.lax.scan(step, init, uniforms)
     return TrialResult(final.counts, final.expected, final.n_recalls, recalls)
 
@@ -191,6 +199,19 @@ def _uniforms(pkey, config: SimConfig, trials: int, starts, dtype) -> jax.Array:
     u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(pkey, s), (config.max_recalls, trials), dtype))(
         starts)  # (starts, recalls, trials)
     return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, -1)
+
+
+def per_trial_values(res: TrialResult, estimator: str, max_recalls: int) -> jax.Array:
+    """Each trial's contribution to its start's CRP before normalisation: (lags, *trials).
+
+    ``sampled``: window counts / N (0 for a trial that recalled nothing); ``rao_blackwell``: that plus the
+    zero-mean control variate ``(expected - counts) / max_recalls`` (see the module docstring).
+    """
+    n = res.n_recalls.astype(res.counts.dtype)[None]
+    sampled = jnp.where(n > 0, res.counts / jnp.maximum(n, 1), 0)
+    if estimator == "sampled":
+        return sampled
+    return sampled + (res.expected - res.counts) / max_recalls
 
 
 #: Trials simulated side by side on CPUs (per parameter point): the step's (states x trials) arrays then stay in
@@ -224,10 +245,9 @@ def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: st
     pkey = jax.random.fold_in(key, index)
 
     def one_block(block):  # block: (B,) start items
-        res = simulate_trials(_uniforms(pkey, config, T, block, dtype), jnp.repeat(block, T), params, tables, config, estimators=(estimator,))
-        x = res.counts if estimator == "sampled" else res.expected  # (lags, B*T)
-        n = res.n_recalls.astype(dtype)
-        per_trial = jnp.where(n[None] > 0, x / jnp.maximum(n, 1)[None], 0).reshape(-1, B, T)
+        res = simulate_trials(_uniforms(pkey, config, T, block, dtype), jnp.repeat(block, T), params, tables, config,
+                              estimators=(estimator,))
+        per_trial = per_trial_values(res, estimator, config.max_recalls).reshape(-1, B, T)
         mean = per_trial.mean(axis=-1).T  # (B, lags)
         tot = mean.sum(axis=-1, keepdims=True)
         return jnp.where(tot > 0, mean / jnp.where(tot > 0, tot, 1), 0)
@@ -382,7 +402,7 @@ def simulate_crp(
       points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
       config: list length, starts, maximum recalls, lag window, dtype.
       trials: recall trials per start position; an int, or an (N,) int array of per-point counts (e.g. from
-        :func:`rao_blackwell_trials`).
+        :func:`cmrjax.adaptive.simulate_crp_adaptive`, which also sizes them).
       estimator: ``"sampled"`` (the paper's) or ``"rao_blackwell"`` (lower variance at equal trials).
       corners: ``"closed_form"`` uses the paper's closed forms at (beta_rec in {0, 1}, gamma_ft = 0), as in
         the reference grid; ``"simulate"`` simulates them too (the simulation is continuous there, the
@@ -424,14 +444,14 @@ def simulate_crp(
     return CRPResult(crp=crp, crp_sem=sem, lags=config.lags, points=points)
 
 
-def _influence_variance(x, n_rec, S: int, T: int):
+def _influence_variance(per, S: int, T: int):
     """Monte Carlo variance of each final CRP entry from per-trial contributions (delta method).
 
-    x: (lags, S*T) per-trial window counts; n_rec: (S*T,). A start's CRP is m / sum(m), m the trial mean of
-    x / N; its linearisation gives per-trial influences whose variance / T is that start's CRP variance; the
-    final CRP averages the S starts. Returns (lags,).
+    per: (lags, S*T) per-trial values (:func:`per_trial_values`). A start's CRP is m / sum(m), m the trial mean
+    of ``per``; its linearisation gives per-trial influences whose variance / T is that start's CRP variance;
+    the final CRP averages the S starts. Returns (lags,).
     """
-    per = jnp.where(n_rec[None] > 0, x / jnp.maximum(n_rec, 1)[None], 0).reshape(-1, S, T)
+    per = per.reshape(-1, S, T)
     m = per.mean(-1)
     M = m.sum(0)
     crp = m / M[None]
@@ -449,8 +469,8 @@ def _pilot_chunk(key, indices, points, *, config: SimConfig, trials: int):
         tables = power_tables(params.beta_enc, config.list_length, dtype)
         u = _uniforms(jax.random.fold_in(key, index), config, trials, jnp.arange(S), dtype)
         res = simulate_trials(u, jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials), params, tables, config)
-        n = res.n_recalls.astype(dtype)
-        return (_influence_variance(res.counts, n, S, trials), _influence_variance(res.expected, n, S, trials))
+        R = config.max_recalls
+        return tuple(_influence_variance(per_trial_values(res, e, R), S, trials) for e in ESTIMATORS)
 
     return jax.vmap(one)(indices, points)
 
@@ -490,43 +510,16 @@ def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int,
                     min_sd: float = 1e-5) -> np.ndarray:
     """Rao-Blackwellised trials per start whose variance matches ``match_trials`` sampled ones on every lag.
 
-    ``var_*`` are (N, lags) variances at ``trials`` per start (:func:`estimator_variances`). A point needs
-    ``match_trials * max_lag var_rb / var_sampled``; lags whose standard deviation at ``match_trials`` is below
-    ``min_sd`` for both estimators are ignored. Returns (N,) float (unrounded; inf where sampled is exact).
+    ``var_*`` are (N, lags) variances at ``trials`` per start (:func:`estimator_variances`). A lag needs
+    ``match_trials * var_rb / var_sampled``; a point the most any lag needs. Two guards against a pilot's noise:
+    the sampled variance is taken as at least the Rao-Blackwellised one (conditioning never adds variance, so
+    a smaller estimate is noise, as at a rare lag where the pilot saw no transition), which caps the count at
+    ``match_trials``; and a lag's target standard deviation at ``match_trials`` is at least ``min_sd``.
+    Returns (N,) float (unrounded).
     """
-    resolved = np.maximum(var_sampled, var_rb) * (trials / match_trials) > min_sd**2
-    r = np.where(resolved, var_rb / np.where(var_sampled > 0, var_sampled, np.inf), 0.0)
-    r = np.where(resolved & (var_sampled <= 0), np.inf, r)
-    return match_trials * r.max(axis=1)
-
-
-def rao_blackwell_trials(
-    key: jax.Array,
-    points,
-    *,
-    config: SimConfig = SimConfig(),
-    match_trials: int = 1000,
-    pilot_trials: int = 64,
-    max_trials: int = 4096,
-    min_sd: float = 1e-5,
-    chunk_size: int | None = None,
-) -> np.ndarray:
-    """Per-point trial counts at which ``rao_blackwell`` is as precise as ``sampled`` with ``match_trials``.
-
-    A pilot run (``pilot_trials`` per start, keys of its own) measures both estimators' variances
-    (:func:`estimator_variances`); :func:`trials_to_match` turns them into counts, rounded up to powers of two
-    (each distinct count compiles once) and clipped to [16, ``max_trials``].
-
-    Returns:
-      (N,) int array, for ``simulate_crp(..., trials=counts, estimator="rao_blackwell")``.
-    """
-    if match_trials < 1 or max_trials < 16:
-        raise ValueError(f"match_trials={match_trials} must be >= 1 and max_trials={max_trials} >= 16")
-    pkey = jax.random.fold_in(key, 0x7FFFFFFF)  # the pilot never shares draws with the main run
-    vs, vr = estimator_variances(pkey, points, config=config, trials=pilot_trials, chunk_size=chunk_size)
-    need = np.clip(np.ceil(trials_to_match(vs, vr, trials=pilot_trials, match_trials=match_trials, min_sd=min_sd)),
-                   16, max_trials)
-    return np.minimum(2 ** np.ceil(np.log2(need)), max_trials).astype(np.int64)
+    vs, vr = np.asarray(var_sampled), np.asarray(var_rb)
+    target = np.maximum(np.maximum(vs, vr) * (trials / match_trials), min_sd**2)
+    return (vr * trials / target).max(axis=1)
 
 
 def grid_points(beta_enc, beta_rec, gamma_ft) -> np.ndarray:

@@ -5,6 +5,12 @@ scores and of the attention pattern for all heads at once, and add their sums an
 (float64) to a running :class:`LagSums`. Memory is O(layers x heads x lags), independent of how many
 prompts are run; one forward pass per prompt batch; no per-head Python loop, no ``.item()``.
 
+The forward runs only what is read. Tokens after the last query position are dropped (causal
+attention: they cannot change the entries read). A private exception raised by the hooks ends the
+pass once the last layer's scores and pattern are summed, which skips that block's attention output
+and MLP, the final norm and the unembedding (on GPT-2 small the unembedding alone is a third of the
+forward FLOPs; the bridge's ``stop_at_layer=n_layers`` does not skip it, as no block has that index).
+
 Which hook carries what (checked in tests on both paths):
 
 * Models loaded through ``TransformerBridge.boot_transformers`` (GPT-2, Pythia, Llama/Qwen/Mistral,
@@ -94,6 +100,10 @@ def resolve_score_source(bridge, score_source: str = "auto") -> str:
     return score_source
 
 
+class _LastLayerDone(Exception):
+    """Raised by the hooks once the last layer's lag entries are summed (see :func:`make_hooks`)."""
+
+
 def _gather(x, qpos, kpos):
     """(batch, heads, S, S) -> (batch, heads, queries, lags): x[:, :, qpos[i], kpos[i, j]]."""
     return x[:, :, qpos[:, None], kpos]
@@ -106,7 +116,7 @@ def _add(acc_sum, acc_sq, layer: int, g) -> None:
 
 
 def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
-               check_first: bool = True) -> list[tuple[str, Callable]]:
+               check_first: bool = True, stop_when_done: bool = False) -> list[tuple[str, Callable]]:
     """Forward hooks that add one batch's lag entries to ``sums`` (for ``run_with_hooks``).
 
     Args:
@@ -116,6 +126,10 @@ def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
       kpos: (queries, lags) int64 tensor of key positions.
       score_source: see :func:`resolve_score_source`.
       check_first: on the ``attn_scores`` path, raise if the hooked tensor looks post-softmax.
+      stop_when_done: raise the private ``_LastLayerDone`` as soon as both the score and the pattern
+        sums of the last layer are added, so the forward skips everything after them (the last
+        block's attention output and MLP, the final norm and the unembedding). The caller catches
+        it; :func:`lag_profiles` does.
 
     Returns:
       ``(hook_name, fn)`` pairs; none of them modifies the activations.
@@ -126,10 +140,20 @@ def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
     n_layers = bridge.cfg.n_layers
     hooks: list[tuple[str, Callable]] = []
     checked = {"done": not check_first}
+    row_of_query = torch.arange(len(qpos), device=qpos.device)[:, None]
+    last_added: set[str] = set()           # which of the last layer's sums this forward has added
+
+    def added(layer: int, what: str) -> None:
+        if stop_when_done and layer == n_layers - 1:
+            last_added.add(what)
+            if len(last_added) == 2:       # hook order differs between paths: wait for both
+                last_added.clear()
+                raise _LastLayerDone
 
     def pattern_hook(layer):
         def fn(x, hook):
             _add(sums.pattern_sum, sums.pattern_sq, layer, _gather(x, qpos, kpos))
+            added(layer, "pattern")
             return None
         return fn
 
@@ -146,6 +170,7 @@ def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
                         "use score_source='qk'")
                 checked["done"] = True
             _add(sums.score_sum, sums.score_sq, layer, _gather(x, qpos, kpos))
+            added(layer, "scores")
             return None
         return fn
 
@@ -156,14 +181,16 @@ def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
         store = {}
 
         def compute():
-            q, k = store.pop("q"), store.pop("k")          # (b, Q, H, d), (b, Q, K, Hkv, d)
-            rep = q.shape[2] // k.shape[3]
+            q, k = store.pop("q"), store.pop("k")          # (b, Q, H, d) query rows, (b, S, Hkv, d)
+            rep = q.shape[2] // k.shape[2]
             if rep > 1:
-                k = k.repeat_interleave(rep, dim=3)
-            s = torch.einsum("bqhd,bqkhd->bhqk", q, k) / scale
+                k = k.repeat_interleave(rep, dim=2)
+            rows = q.transpose(1, 2) @ k.permute(0, 2, 3, 1)     # (b, H, Q, S): one bmm per head
+            s = rows[:, :, row_of_query, kpos] / scale           # (b, H, Q, lags)
             if cap > 0:
                 s = cap * torch.tanh(s / cap)
             _add(sums.score_sum, sums.score_sq, layer, s)
+            added(layer, "scores")
 
         def q_fn(x, hook):
             store["q"] = x[:, qpos]
@@ -172,7 +199,7 @@ def make_hooks(bridge, sums: LagSums, qpos, kpos, *, score_source: str = "auto",
             return None
 
         def k_fn(x, hook):
-            store["k"] = x[:, kpos]
+            store["k"] = x
             if "q" in store:
                 compute()
             return None
@@ -209,7 +236,8 @@ def lag_profiles(bridge, tokens, layout, *, batch_size: int = 16, score_source: 
     sums = LagSums.zeros(L, H, len(layout.lags), device)
     qpos = torch.as_tensor(layout.query_pos, device=device)
     kpos = torch.as_tensor(layout.key_pos, device=device)
-    hooks = make_hooks(bridge, sums, qpos, kpos, score_source=score_source)
+    hooks = make_hooks(bridge, sums, qpos, kpos, score_source=score_source, stop_when_done=True)
+    n_pos = layout.positions_read          # causal: later tokens change nothing that is read
     starts = range(0, tokens.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -217,9 +245,14 @@ def lag_profiles(bridge, tokens, layout, *, batch_size: int = 16, score_source: 
         starts = tqdm(starts, desc=desc, unit="batch", leave=False)
     with torch.inference_mode():
         for s in starts:
-            batch = tokens[s:s + batch_size].to(device)
-            # stop after the last block: the unembedding is not needed (a third of GPT-2's FLOPs)
-            bridge.run_with_hooks(batch, fwd_hooks=hooks, stop_at_layer=L)
+            batch = tokens[s:s + batch_size, :n_pos].to(device)
+            # stop right after the last layer's pattern: the bridge's stop_at_layer=n_layers would
+            # still run the final norm and the unembedding (no block carries index n_layers), and
+            # the last block's attention output and MLP are not needed either
+            try:
+                bridge.run_with_hooks(batch, fwd_hooks=hooks)
+            except _LastLayerDone:
+                pass
             sums.n += batch.shape[0] * layout.n_queries
     out = sums.finish()
     out["n_queries"] = np.asarray(sums.n)

@@ -78,6 +78,14 @@ class PromptLayout:
     def n_queries(self) -> int:
         return int(len(self.query_pos))
 
+    @property
+    def positions_read(self) -> int:
+        """Leading positions a forward pass must run: up to the last query (every key is earlier).
+
+        With causal attention the later positions cannot change any score or pattern entry read.
+        """
+        return int(max(self.query_pos.max(), self.key_pos.max())) + 1
+
 
 def valid_block_indices(block_len: int, lags) -> np.ndarray:
     """Indices ``i`` inside a block whose window ``i + lags`` stays inside the block."""

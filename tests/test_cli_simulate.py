@@ -127,5 +127,10 @@ def test_trials_auto_stores_per_point_counts_and_needs_rao_blackwell(tmp_path, c
     assert cli.main(["simulate", *args, "--trials", "auto", "--pilot-trials", "8", "--estimator", "rao-blackwell",
                      "--out", str(out)]) == 0
     d = np.load(out)
-    assert d["trials"].shape == (2, 3, 2) and d["trials"].min() >= 16
+    from cmrjax.closed_form import is_corner
+    from cmrjax.simulate import grid_points
+
+    corner = is_corner(grid_points(d["beta_enc"], d["beta_rec"], d["gamma_ft"])).reshape(2, 3, 2)
+    assert d["trials"].shape == (2, 3, 2) and np.all(d["trials"] % 16 == 0)
+    assert np.all((d["trials"] == 0) == corner)  # closed-form corners are not simulated
     assert json.loads(str(d["metadata"]))["trials"].startswith("auto")

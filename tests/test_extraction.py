@@ -194,6 +194,34 @@ def test_hf_batched_profiles_equal_full_cache_brute_force(arch):
     np.testing.assert_allclose(res["CRP_pattern_sem"], bf["pattern"][1], rtol=1e-7, atol=1e-12)
 
 
+def test_forward_stops_after_the_last_query_and_the_last_layers_pattern():
+    """Given 40-token prompts whose last query is at position 32 (block 20, lags -8..7) and a 2-layer
+    model, when lag_profiles runs, then the blocks see 33 positions, the first block's MLP runs and the
+    last block's MLP, the final norm and the unembedding never do.
+
+    Why this matters: they are not read, and the unembedding alone is a third of GPT-2 small's forward
+    FLOPs (the bridge's own stop_at_layer=n_layers still runs it).
+    """
+    from extraction.api import prompts_for
+    from extraction.profiles import lag_profiles
+
+    bridge = native_bridge()
+    tokens, layout, _ = prompts_for(bridge, PromptConfig(n_sequences=3, block_len=20, batch_size=2, seed=1))
+    assert tokens.shape[1] == 40 and layout.query_pos.max() == 32
+    ran, widths = [], []
+    parts = {"mlp0": bridge.blocks[0].mlp, "mlp1": bridge.blocks[1].mlp, "ln_final": bridge.ln_final,
+             "unembed": bridge.unembed}
+    handles = [m.register_forward_pre_hook(lambda m, a, name=name: ran.append(name)) for name, m in parts.items()]
+    handles.append(bridge.embed.register_forward_hook(lambda m, a, out: widths.append(out.shape[1])))
+    try:
+        lag_profiles(bridge, tokens, layout, batch_size=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == ["mlp0", "mlp0"]                                  # two batches, first block only
+    assert widths == [33, 33]
+
+
 # ------------------------------------------------------------------------------------- copying score
 
 

@@ -1,0 +1,284 @@
+r"""Per-point trial counts at a target precision: a grid at the paper's precision for the least work.
+
+How many Rao-Blackwellised trials match the precision of the paper's sampled estimator at 1,000 trials varies
+across the paper's grid from a handful (low ``beta_enc``) to several hundred (high ``beta_enc`` with low
+``beta_rec``; ``benchmarks/bench_simulate.py`` measures it). :func:`simulate_crp_adaptive` therefore gives each
+point its own count, and runs every point in *units* of ``unit_trials`` trials per start:
+
+1. a pilot of ``pilot_trials`` per start runs both estimators on the same trials and measures, for every CRP
+   entry, the Monte Carlo variance of each (per-trial influences of the per-start normalisation, see
+   :func:`cmrjax.simulate.estimator_variances`; here accumulated as moment sums so units add up);
+2. each point gets as many further units as make the Rao-Blackwellised variance at most the sampled one at
+   ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`);
+3. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
+
+Every unit has one shape, so a run compiles twice (pilot and main units) whatever the counts, and counts are
+multiples of ``unit_trials`` rather than powers of two.
+
+Randomness: unit ``b`` of point ``i`` draws start ``s`` from ``fold_in(fold_in(fold_in(key, i), TAG), b)``
+then ``fold_in(., s)``: results depend on the key and the point's index only. For one chunk size and device
+count they are bit-identical whatever the grouping or resumption; across chunk sizes and device counts they
+agree to float32 rounding (~1e-8: the compiled program may sum a unit's moments in another order). These
+streams differ from those of a fixed ``trials`` run of :mod:`cmrjax.simulate`.
+Using the pilot's trials in the estimate makes the count depend on the same draws as the estimate through
+their variance; the effect on the mean is of higher order than the Monte Carlo error (as in any two-stage
+sequential design) and the benchmark's comparison with the reference grid shows none.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmrjax.closed_form import corner_crp_per_start, is_corner
+from cmrjax.model import CMRParams, SimConfig, power_tables, validate_params
+from cmrjax.simulate import CRPResult, _check, _uniforms, per_trial_values, simulate_trials, trials_to_match
+
+_UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
+
+
+def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
+    """Moment sums of one unit: (estimators, starts, 3 * lags + 1).
+
+    Per start, over its ``unit_trials`` trials of the per-trial values ``x`` (one row per lag,
+    :func:`cmrjax.simulate.per_trial_values`) and their sum over lags ``s``:
+    ``[sum x, sum x**2, sum x*s, sum s**2]``.
+    """
+    dtype = config.jnp_dtype
+    S, tb = config.n_starts, unit_trials
+    params = CMRParams(*(point[i].astype(dtype) for i in range(3)))
+    tables = power_tables(params.beta_enc, config.list_length, dtype)
+    bkey = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
+    starts = jnp.arange(S, dtype=jnp.int32)
+    res = simulate_trials(_uniforms(bkey, config, tb, starts, dtype), jnp.repeat(starts, tb), params, tables,
+                          config, estimators=estimators)
+    out = []
+    for est in estimators:
+        per = per_trial_values(res, est, config.max_recalls).reshape(-1, S, tb)  # (lags, S, tb)
+        s = per.sum(0)  # (S, tb)
+        out.append(jnp.concatenate([per.sum(-1).T, (per * per).sum(-1).T, (per * s[None]).sum(-1).T,
+                                    (s * s).sum(-1)[:, None]], axis=-1))
+    return jnp.stack(out)
+
+
+@partial(jax.jit, static_argnames=("config", "unit_trials", "estimators"))
+def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
+    return jax.vmap(lambda i, b, p: _unit_moments(key, i, b, p, config, unit_trials, estimators))(
+        indices, blocks, points)
+
+
+def finish_moments(moments: np.ndarray, trials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CRP, SEM across starts and Monte Carlo variance from summed unit moments.
+
+    Args:
+      moments: (..., starts, 3 * lags + 1) moment sums over ``trials`` trials per start (see
+        :func:`_unit_moments`), float64.
+      trials: trials per start, broadcastable to the leading axes.
+
+    Returns:
+      ``(crp, crp_sem, mc_var)``, each (..., lags): the mean over starts of the per-start CRPs normalised to
+      sum 1, its SEM across starts (ddof = 1, as the reference), and the Monte Carlo variance of ``crp`` (delta
+      method, as :func:`cmrjax.simulate.estimator_variances`).
+    """
+    K = (moments.shape[-1] - 1) // 3
+    S = moments.shape[-2]
+    T = np.asarray(trials, np.float64)[..., None, None]
+    e1, e2, e12, ess = (moments[..., :K] / T, moments[..., K:2 * K] / T, moments[..., 2 * K:3 * K] / T,
+                        moments[..., 3 * K:] / T)
+    M = e1.sum(-1, keepdims=True)
+    ok = M > 0
+    safe = np.where(ok, M, 1.0)
+    crp_s = np.where(ok, e1 / safe, 0.0)  # (..., S, K)
+    ey2 = (e2 - 2 * crp_s * e12 + crp_s**2 * ess) / safe**2  # E[y^2], y the per-trial influence
+    var_s = np.where(ok, np.maximum(ey2, 0) / np.maximum(T - 1, 1), 0.0)
+    crp = crp_s.mean(-2)
+    sem = crp_s.std(-2, ddof=1) / math.sqrt(S) if S > 1 else np.zeros_like(crp)
+    return crp, sem, var_s.sum(-2) / S**2
+
+
+def _units_per_chunk(config: SimConfig, unit_trials: int, n_devices: int) -> int:
+    """Units side by side: ~16 MiB of step arrays per device on CPUs, 512 MiB on accelerators."""
+    budget = (2**24 if jax.default_backend() == "cpu" else 2**29) * n_devices
+    itemsize = 8 if config.dtype == "float64" else 4
+    per_unit = config.n_starts * unit_trials * config.n_states * itemsize * 8
+    c = max(1, int(budget // per_unit))
+    return max(n_devices, (c // n_devices) * n_devices)
+
+
+class _UnitRunner:
+    """Runs lists of (point, block) units in fixed-size chunks (one compilation per estimator set)."""
+
+    def __init__(self, key, config: SimConfig, unit_trials: int, devices, chunk: int | None):
+        self.key, self.config, self.tb = key, config, unit_trials
+        self.devices = list(jax.devices()) if devices is None else list(devices)
+        nd = len(self.devices)
+        chunk = chunk or _units_per_chunk(config, unit_trials, nd)
+        self.chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+        self.sharding = None
+        if nd > 1:
+            mesh = jax.sharding.Mesh(np.array(self.devices), ("units",))
+            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("units"))
+        self.dtype = np.float64 if config.dtype == "float64" else np.float32
+
+    def __call__(self, points, indices, blocks, estimators: tuple[str, ...]) -> np.ndarray:
+        """Moments (units, estimators, starts, 3 * lags + 1) float64 of units ``(indices[u], blocks[u])``."""
+        U = len(indices)
+        K = 2 * self.config.max_lag + 1
+        out = np.empty((U, len(estimators), self.config.n_starts, 3 * K + 1))
+        for lo in range(0, U, self.chunk):
+            hi = min(lo + self.chunk, U)
+            pad = self.chunk - (hi - lo)
+            sel = np.concatenate([np.arange(lo, hi), np.full(pad, hi - 1)])
+            arrays = [jnp.asarray(indices[sel].astype(np.uint32)), jnp.asarray(blocks[sel].astype(np.uint32)),
+                      jnp.asarray(points[sel].astype(self.dtype))]
+            if self.sharding is not None:
+                arrays = [jax.device_put(a, self.sharding) for a in arrays]
+            m = _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators)
+            out[lo:hi] = np.asarray(m, np.float64)[: hi - lo]
+        return out
+
+
+def _expand(n_units: np.ndarray, first: np.ndarray | int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """For per-row unit counts: (row of each unit, block index of each unit starting at ``first``)."""
+    rows = np.repeat(np.arange(len(n_units)), n_units)
+    starts = np.repeat(np.cumsum(n_units) - n_units, n_units)
+    return rows, np.arange(len(rows)) - starts + np.repeat(np.broadcast_to(first, n_units.shape), n_units)
+
+
+def iter_simulate_adaptive(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    match_trials: int = 1000,
+    pilot_trials: int = 32,
+    unit_trials: int = 16,
+    max_trials: int = 4096,
+    min_sd: float = 1e-5,
+    corners: str = "closed_form",
+    group_size: int = 1024,
+    indices: np.ndarray | None = None,
+    chunk_size: int | None = None,
+    devices: list | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Simulate group by group, yielding ``(indices, crp, crp_sem, trials)`` for each finished group of points.
+
+    ``trials`` are the per-start counts used (0 for closed-form corners). Arguments as in
+    :func:`simulate_crp_adaptive`; ``indices`` are the points' global indices (default ``0..N-1``), which fix
+    their random streams (the basis of ``--resume``); ``group_size`` points are finished at a time.
+    """
+    points = validate_params(points)
+    N = len(points)
+    indices = np.arange(N) if indices is None else np.asarray(indices)
+    if indices.shape != (N,):
+        raise ValueError(f"indices must have shape ({N},), got {indices.shape}")
+    for name, v in (("match_trials", match_trials), ("pilot_trials", pilot_trials), ("unit_trials", unit_trials),
+                    ("max_trials", max_trials), ("group_size", group_size)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive integer")
+    _check(1, "rao_blackwell", corners)
+    config.jnp_dtype  # raises a clear error when float64 is asked for without x64
+    tb = unit_trials
+    n_pilot = max(1, -(-pilot_trials // tb))  # pilot units per point
+    if n_pilot * tb < 2:
+        raise ValueError("pilot_trials must give at least 2 trials per start (variances need two)")
+    max_units = max(n_pilot, max_trials // tb)
+    run = _UnitRunner(key, config, tb, devices, chunk_size)
+    corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
+    if corner.any():
+        ci = np.flatnonzero(corner)
+        per = np.stack([corner_crp_per_start(points[i, 0], points[i, 1], np.arange(config.n_starts),
+                                             config.list_length, config.max_lag) for i in ci])
+        sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
+        yield indices[ci], per.mean(1), sem, np.zeros(len(ci), np.int64)
+    todo = np.flatnonzero(~corner)
+    for lo in range(0, len(todo), group_size):
+        g = todo[lo: lo + group_size]
+        pts, idx = points[g], indices[g]
+        rows, blocks = _expand(np.full(len(g), n_pilot))
+        pilot = run(pts[rows], idx[rows], blocks, ("sampled", "rao_blackwell"))  # (units, 2, S, 3K+1)
+        mom = np.zeros((len(g),) + pilot.shape[1:])
+        np.add.at(mom, rows, pilot)
+        _, _, var = finish_moments(mom, n_pilot * tb)  # (G, 2, K)
+        need = trials_to_match(var[:, 0], var[:, 1], trials=n_pilot * tb, match_trials=match_trials,
+                               min_sd=min_sd)
+        units = np.clip(np.ceil(np.nan_to_num(need, nan=np.inf, posinf=max_units * tb) / tb), n_pilot,
+                        max_units).astype(np.int64)
+        rb = mom[:, 1]
+        extra = units - n_pilot
+        if extra.any():
+            rows, blocks = _expand(extra, n_pilot)
+            main = run(pts[rows], idx[rows], blocks, ("rao_blackwell",))
+            np.add.at(rb, rows, main[:, 0])
+        crp, sem, _ = finish_moments(rb, units * tb)
+        yield idx, crp, sem, units * tb
+
+
+def simulate_crp_adaptive(
+    key: jax.Array,
+    points,
+    *,
+    config: SimConfig = SimConfig(),
+    match_trials: int = 1000,
+    pilot_trials: int = 32,
+    unit_trials: int = 16,
+    max_trials: int = 4096,
+    min_sd: float = 1e-5,
+    corners: str = "closed_form",
+    chunk_size: int | None = None,
+    devices: list | None = None,
+    progress: bool | Callable = False,
+) -> tuple[CRPResult, np.ndarray]:
+    """Rao-Blackwellised lag-CRPs with per-point trial counts matching ``match_trials`` sampled trials.
+
+    Args:
+      key: a ``jax.random`` key.
+      points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
+      config: list length, starts, maximum recalls, lag window, dtype.
+      match_trials: the sampled estimator's trial count per start whose precision every CRP entry must reach.
+      pilot_trials: trials per start of the pilot (rounded up to whole units); they count towards the estimate.
+      unit_trials: trials per start in one unit of work; counts are multiples of it.
+      max_trials: the most trials per start any point gets.
+      min_sd: floor of every lag's target standard deviation (see :func:`cmrjax.simulate.trials_to_match`).
+      corners: ``"closed_form"`` or ``"simulate"``, as in :func:`cmrjax.simulate.simulate_crp`.
+      chunk_size: units per compiled chunk (default from a memory budget).
+      devices: devices to shard units over (default: all).
+      progress: show a tqdm progress bar.
+
+    Returns:
+      ``(result, trials)``: a :class:`cmrjax.simulate.CRPResult` and the (N,) trials per start used (0 at
+      closed-form corners).
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from cmrjax import SimConfig
+      >>> res, trials = simulate_crp_adaptive(jax.random.key(0), np.array([[0.3, 0.7, 0.5]]),
+      ...                                     config=SimConfig(n_starts=2), match_trials=50)
+      >>> res.crp.shape, int(trials[0]) % 16
+      ((1, 17), 0)
+    """
+    points = validate_params(points)
+    N, K = len(points), 2 * config.max_lag + 1
+    crp, sem = np.full((N, K), np.nan), np.full((N, K), np.nan)
+    trials = np.zeros(N, np.int64)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=N, unit="pt", desc="simulate")
+    for idx, c, s, t in iter_simulate_adaptive(key, points, config=config, match_trials=match_trials,
+                                               pilot_trials=pilot_trials, unit_trials=unit_trials,
+                                               max_trials=max_trials, min_sd=min_sd, corners=corners,
+                                               group_size=256 if progress else 1024, chunk_size=chunk_size,
+                                               devices=devices):
+        crp[idx], sem[idx], trials[idx] = c, s, t
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return CRPResult(crp=crp, crp_sem=sem, lags=config.lags, points=points), trials

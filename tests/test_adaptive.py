@@ -1,0 +1,137 @@
+"""Per-point trial counts (cmrjax.adaptive): moment bookkeeping, variance estimates, determinism, reference."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from cmrjax.adaptive import _UnitRunner, finish_moments, iter_simulate_adaptive, simulate_crp_adaptive
+from cmrjax.io import load_crp_grid, paper_axes
+from cmrjax.model import SimConfig
+
+SMALL = SimConfig(list_length=30, n_starts=2, max_recalls=10)
+
+
+def direct(per):
+    """The paper's per-start normalisation and the delta-method variance, written out from per-trial values.
+
+    per: (lags, starts, trials) window counts / recalls of each trial.
+    """
+    K, S, T = per.shape
+    m = per.mean(-1)  # (K, S)
+    M = m.sum(0)
+    crp_s = m / M
+    y = (per - crp_s[:, :, None] * per.sum(0)[None]) / M[None, :, None]
+    var = (y.var(-1, ddof=1) / T).sum(1) / S**2
+    return crp_s.mean(1), crp_s.std(1, ddof=1) / np.sqrt(S), var
+
+
+def moments(per):
+    s = per.sum(0)
+    return np.concatenate([per.sum(-1).T, (per**2).sum(-1).T, (per * s[None]).sum(-1).T, (s**2).sum(-1)[:, None]], -1)
+
+
+def test_finish_moments_equals_the_direct_computation_from_per_trial_values():
+    rng = np.random.default_rng(0)
+    per = rng.poisson(1.0, (17, 4, 40)) / 10.0
+    want = direct(per)
+    got = finish_moments(moments(per), 40)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-15)
+    # moments of two halves add up to those of the whole
+    halves = moments(per[..., :25]) + moments(per[..., 25:])
+    np.testing.assert_allclose(finish_moments(halves, 40)[2], want[2], rtol=1e-10)
+
+
+def test_estimated_monte_carlo_variance_matches_the_spread_of_independent_repeats():
+    """The variance that sizes the counts must be the real one: 160 independent units of 32 trials each."""
+    run = _UnitRunner(jax.random.key(3), SMALL, 32, jax.devices()[:1], None)
+    pts = np.tile([[0.6, 0.3, 0.4]], (160, 1))
+    mom = run(pts, np.zeros(160, np.int64), np.arange(160), ("sampled", "rao_blackwell"))
+    for e in range(2):
+        crp, _, var = finish_moments(mom[:, e], 32)  # per unit
+        empirical = crp.var(0, ddof=1)
+        estimated = var.mean(0)
+        big = empirical > 0.05 * empirical.max()
+        ratio = estimated[big] / empirical[big]
+        # 159 degrees of freedom: the empirical variance is within ~+-35% at 3 SE; delta-method bias is O(1/T)
+        assert np.all((ratio > 0.6) & (ratio < 1.5)), ratio
+        assert 0.8 < estimated.sum() / empirical.sum() < 1.25
+
+
+def test_results_depend_on_the_key_and_point_index_only():
+    pts = np.array([[0.2, 0.3, 0.1], [0.5, 0.5, 0.5], [0.9, 0.1, 0.8], [0.4, 0.0, 0.0]])
+    kw = dict(config=SMALL, match_trials=100, pilot_trials=16, unit_trials=8)
+    a, ta = simulate_crp_adaptive(jax.random.key(1), pts, chunk_size=1, devices=jax.devices()[:1], **kw)
+    b, tb = simulate_crp_adaptive(jax.random.key(1), pts, devices=jax.devices(), **kw)
+    assert len(jax.devices()) >= 2, "conftest sets 4 host devices; sharding is not being exercised"
+    np.testing.assert_allclose(a.crp, b.crp, rtol=0, atol=1e-7)  # other summation orders: float32 rounding
+    np.testing.assert_array_equal(ta, tb)
+    # the same chunk size: bit-identical whatever the grouping (the basis of --resume)
+    parts = list(iter_simulate_adaptive(jax.random.key(1), pts[[2, 1]], indices=np.array([2, 1]), group_size=1,
+                                        chunk_size=1, devices=jax.devices()[:1], **kw))
+    got = {int(i[0]): c[0] for i, c, _, _ in parts}
+    np.testing.assert_array_equal(got[2], a.crp[2])
+    np.testing.assert_array_equal(got[1], a.crp[1])
+    assert ta[3] == 0  # closed-form corner
+    assert np.isclose(a.crp[3].sum(), 1.0)
+
+
+def test_counts_are_whole_units_from_the_pilot_up_and_follow_the_noise():
+    """beta_enc 0.3, beta_rec 0.6: the draw is nearly all the noise, which the estimator removes (few trials);
+    beta_enc 0.9, beta_rec 0.05: the noise is in the context path, which it does not touch (many)."""
+    pts = np.array([[0.3, 0.6, 0.5], [0.9, 0.05, 0.1]])
+    _, t = simulate_crp_adaptive(jax.random.key(0), pts, pilot_trials=32, unit_trials=16, max_trials=2048)
+    assert np.all(t % 16 == 0) and np.all(t >= 32) and np.all(t <= 2048)
+    assert t[0] < t[1]
+
+
+def test_adaptive_crps_match_the_reference_grid_on_a_random_subset(ref_dir):
+    """As the sampled test: the paper's precision means the tolerances of a 1000-trial sampled estimate."""
+    grid = load_crp_grid(ref_dir / "crps" / "cmr_crp_avg_20_11.npy")
+    rng = np.random.default_rng(99)
+    idx = [(rng.integers(20), rng.integers(1, 20), rng.integers(11)) for _ in range(10)]
+    E, R, G = paper_axes()
+    pts = np.array([[E[i], R[j], G[k]] for i, j, k in idx])
+    res, _ = simulate_crp_adaptive(jax.random.key(5), pts)
+    want = np.array([grid.crp[i, j, k] for i, j, k in idx])
+    diff = np.abs(res.crp - want)
+    assert diff.mean() <= 0.0006, diff.mean()
+    assert diff.max() <= 0.006, diff.max()
+
+
+@pytest.mark.parametrize("kw, match", [(dict(pilot_trials=0), "pilot_trials"), (dict(unit_trials=-1), "unit_trials"),
+                                       (dict(corners="nope"), "corners")])
+def test_bad_arguments_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_crp_adaptive(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), **kw)
+
+
+def test_cli_auto_resumes_after_an_interruption_with_identical_results(tmp_path, monkeypatch):
+    import cmrjax.adaptive as ad
+    from cmrjax import cli
+
+    args = ["simulate", "--beta-enc", "0.3,0.8", "--beta-rec", "0.2,0.6", "--gamma-ft", "0.5", "--starts", "2",
+            "--list-length", "30", "--max-recalls", "10", "--trials", "auto", "--estimator", "rao-blackwell",
+            "--match-trials", "100", "--pilot-trials", "16", "--no-progress"]
+    full = tmp_path / "full.npz"
+    assert cli.main(args + ["--out", str(full)]) == 0
+    real = ad.iter_simulate_adaptive
+
+    def interrupted(*a, **k):
+        it = real(*a, **dict(k, group_size=1))
+        yield next(it)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "part.npz"
+    monkeypatch.setattr(ad, "iter_simulate_adaptive", interrupted)
+    assert cli.main(args + ["--out", str(out)]) == 130
+    monkeypatch.setattr(ad, "iter_simulate_adaptive", real)
+    assert (tmp_path / "part.partial.npz").exists() and not out.exists()
+    assert cli.main(args + ["--out", str(out), "--resume"]) == 0
+    assert not (tmp_path / "part.partial.npz").exists()
+    a, b = np.load(full), np.load(out)
+    np.testing.assert_array_equal(a["crp"], b["crp"])
+    np.testing.assert_array_equal(a["trials"], b["trials"])
+    assert json.loads(str(b["metadata"]))["trials"].startswith("auto")
