@@ -16,10 +16,9 @@ Every unit has one shape, so a run compiles twice (pilot and main units) whateve
 multiples of ``unit_trials`` rather than powers of two.
 
 Randomness: unit ``b`` of point ``i`` draws start ``s`` from ``fold_in(fold_in(fold_in(key, i), TAG), b)``
-then ``fold_in(., s)``: results depend on the key and the point's index only. For one chunk size and device
-count they are bit-identical whatever the grouping or resumption; across chunk sizes and device counts they
-agree to float32 rounding (~1e-8: the compiled program may sum a unit's moments in another order). These
-streams differ from those of a fixed ``trials`` run of :mod:`cmrjax.simulate`.
+then ``fold_in(., s)``: results depend on the key and the point's index only, bit for bit, whatever the
+chunking, grouping, device count or resumption (a unit's moments are summed in a fixed order). These streams
+differ from those of a fixed ``trials`` run of :mod:`cmrjax.simulate`.
 Using the pilot's trials in the estimate makes the count depend on the same draws as the estimate through
 their variance; the effect on the mean is of higher order than the Monte Carlo error (as in any two-stage
 sequential design) and the benchmark's comparison with the reference grid shows none.
@@ -37,7 +36,8 @@ import numpy as np
 
 from cmrjax.closed_form import corner_crp_per_start, is_corner
 from cmrjax.model import CMRParams, SimConfig, power_tables, validate_params
-from cmrjax.simulate import CRPResult, _check, _uniforms, per_trial_values, simulate_trials, trials_to_match
+from cmrjax.simulate import (CRPResult, _check, _tree_sum, _uniforms, per_trial_values, simulate_trials,
+                             trials_to_match)
 
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
 
@@ -59,10 +59,10 @@ def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int,
                           config, estimators=estimators)
     out = []
     for est in estimators:
-        per = per_trial_values(res, est, config.max_recalls).reshape(-1, S, tb)  # (lags, S, tb)
-        s = per.sum(0)  # (S, tb)
-        out.append(jnp.concatenate([per.sum(-1).T, (per * per).sum(-1).T, (per * s[None]).sum(-1).T,
-                                    (s * s).sum(-1)[:, None]], axis=-1))
+        per = per_trial_values(res, est).reshape(-1, S, tb)  # (lags, S, tb)
+        s = _tree_sum(per, 0)  # (S, tb)
+        out.append(jnp.concatenate([_tree_sum(per, -1).T, _tree_sum(per * per, -1).T, _tree_sum(per * s[None], -1).T,
+                                    _tree_sum(s * s, -1)[:, None]], axis=-1))
     return jnp.stack(out)
 
 

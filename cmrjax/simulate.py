@@ -1,32 +1,34 @@
 r"""Simulating CMR recall and its lag-CRP: one trial is a ``lax.scan``, everything else is ``vmap``.
 
 A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` states by inverse CDF from
-:func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state. Items can be
-recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
+:func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state (:math:`R` below
+is ``max_recalls``). Items can be recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
 activations only (:func:`cmrjax.model.recall_update_activations`).
 
 Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``crp_paper``):
 
 * ``"sampled"``: the paper's. Count the lag of each sampled transition inside the window, divide by the
   trial's number of recalls :math:`N`, average over trials, normalise to sum 1 per start, average over starts.
-* ``"rao_blackwell"``: the sampled estimator plus a control variate of mean exactly zero that cancels the
-  noise of the draws. At step :math:`k`, let :math:`X_k(d)` be the sampled indicator of lag :math:`d` and
-  :math:`q_k(d) = E[X_k(d) \mid \text{past}]` the probability of the item at lag :math:`d` from the previous
-  recall (alive trials only). A trial contributes
+* ``"rao_blackwell"``: exactly unbiased for the paper's CRP, with the noise of the draws integrated out
+  where it can be. Draw the trial's *item path* (every step draws an item from the items' distribution; the
+  trial's recalls are this path up to the first step that draws the stop state) and
 
-  .. math:: \frac{\sum_k X_k}{N} + \frac{\sum_k (q_k - X_k)}{R},
+  1. integrate the stop decisions out: given the path, the trial makes :math:`N = n` recalls with probability
+     :math:`W_n p_{n+1}` (:math:`W_n = \prod_{i \le n} (1 - p_i)`, :math:`p_i` the stop probability at step
+     :math:`i`), so the trial's value :math:`C_N / N` is replaced by :math:`\sum_n W_n p_{n+1} C_n / n`
+     (:math:`C_n` the path's window counts after :math:`n` steps; :math:`W_R C_R / R` for the full length);
+  2. add the control variate :math:`\sum_k (W_k / R) (q_k - x_k)`, where :math:`x_k` is the path's lag
+     indicator at step :math:`k` and :math:`q_k` its distribution given the path so far (the whole next-item
+     distribution over the window: the Rao-Blackwellised step). Its weight is known before step :math:`k`'s
+     draw, so its mean is exactly zero.
 
-  :math:`R` = ``max_recalls``. Each :math:`q_k - X_k` has mean zero given the past and :math:`1/R` is known
-  in advance, so the second term has mean exactly zero: the estimator is unbiased for the paper's CRP at
-  every parameter point (tested in float64). Where every trial makes :math:`R` recalls it equals
-  :math:`\sum_k q_k / N`, the Rao-Blackwellised counts (the whole next-recall distribution instead of the one
-  sampled lag). Putting :math:`q_k` inside the division by :math:`N` instead would be biased wherever recall
-  can stop early, because a step's draw changes how soon the trial ends (measured: up to 0.005 in an entry
-  near ``beta_rec`` = 0.95, ``gamma_ft`` = 0, where trials reach the end of the list). The control variate
-  cancels the noise of the draws, not that of the context path nor of the trial's length, so the trials it
-  saves vary across the grid: ~25x at ``beta_enc`` 0.2-0.3, ~1.3-2x at high ``beta_enc`` with low ``beta_rec``
-  (context path) and at ``beta_enc`` 0.05 (trials of very different lengths); ``benchmarks/bench_simulate.py``
-  measures it.
+  Where the stop state is never drawn this is the Rao-Blackwellised counts over :math:`R`. Dividing the
+  Rao-Blackwellised counts by the sampled :math:`N` instead (an earlier version) is biased wherever trials
+  stop early, because a step's draw changes how soon the trial ends (measured: up to 0.005 in an entry near
+  ``beta_rec`` = 0.95, ``gamma_ft`` = 0, where trials reach the end of the list); unbiasedness is tested in
+  float64 at such points. The estimator removes the noise of the draws and of the trial's length, not that of
+  the context path, so the trials it saves vary across the grid from ~30x (``beta_enc`` <= 0.3) to ~1.3x (high
+  ``beta_enc``, low ``beta_rec``); ``benchmarks/bench_simulate.py`` measures it.
 
 In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
 such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run.
@@ -95,18 +97,17 @@ def _cumsum0(x: jax.Array) -> jax.Array:
     return cdf.reshape((nb * bs,) + batch)[:S]
 
 
-def inverse_cdf(
-    a: Float[Array, "states *batch"], u: Float[Array, "*batch"]
-) -> tuple[Int[Array, "*batch"], Float[Array, "*batch"]]:
-    """Inverse-CDF draws from unnormalised weights ``a`` (states, *batch) with uniforms ``u`` (*batch).
-
-    Returns ``(j, total)``: per batch position the smallest ``j`` with ``cumsum(a)[j] > u * sum(a)`` (the
-    number of cumulative sums at or below the threshold), and ``sum(a)``. O(states) per draw.
-    """
-    cdf = _cumsum0(a)
-    total = cdf[-1]
-    j = _sum0((cdf <= (u * total)[None]).astype(a.dtype)).astype(jnp.int32)
-    return jnp.minimum(j, a.shape[0] - 1), total
+def _tree_sum(x: jax.Array, axis: int) -> jax.Array:
+    """Sum over ``axis`` as a fixed tree of elementwise additions: the result does not depend on how the
+    compiler vectorises the surrounding batch (XLA's reductions may sum in another order for another chunk
+    size, which would break "same key, same result" across chunkings)."""
+    x = jnp.moveaxis(x, axis, 0)
+    size = 1 << max(0, (x.shape[0] - 1).bit_length())
+    x = jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    while x.shape[0] > 1:
+        h = x.shape[0] // 2
+        x = x[:h] + x[h:]
+    return x[0]
 
 
 class TrialResult(NamedTuple):
@@ -114,25 +115,27 @@ class TrialResult(NamedTuple):
 
     Attributes:
       counts: (lags, *trials) sampled transition counts inside the lag window.
-      expected: (lags, *trials) Rao-Blackwellised counts: over the steps a trial is alive, the sum of the
-        probabilities (before the draw) of the items at each lag from the previous recall.
+      rao_blackwell: (lags, *trials) each trial's value of the ``rao_blackwell`` estimator (already divided:
+        compare with ``counts / n_recalls``; see the module docstring); zeros unless asked for.
       n_recalls: (*trials) number of items recalled (the stop state excluded).
       recalls: (max_recalls, *trials) recalled items in order, -1 after the trial ended (when recorded).
     """
 
     counts: jax.Array
-    expected: jax.Array
+    rao_blackwell: jax.Array
     n_recalls: jax.Array
     recalls: jax.Array | None
 
 
 class _Carry(NamedTuple):
-    a: jax.Array  # (n+1, *trials) activations M^T t (the context itself is not needed: see context_at)
-    prev: jax.Array  # (*trials) previous recall (the cue at first)
-    alive: jax.Array  # (*trials) bool, trial still running
+    a: jax.Array  # (n+1, *trials) activations M^T t along the item path (see context_at: t is not needed)
+    prev: jax.Array  # (*trials) previous item of the path (the cue at first)
+    alive: jax.Array  # (*trials) bool: the trial has not drawn the stop state yet
     n_recalls: jax.Array  # (*trials) int32
-    counts: jax.Array  # (lags, *trials)
-    expected: jax.Array  # (lags, *trials)
+    counts: jax.Array  # (lags, *trials) sampled counts (alive steps)
+    survive: jax.Array  # (*trials) probability that the trial is still running (given the item path)
+    path_counts: jax.Array  # (lags, *trials) counts along the whole item path
+    value: jax.Array  # (lags, *trials) stop-marginalised value plus control variate
 
 
 def simulate_trials(
@@ -146,52 +149,74 @@ def simulate_trials(
 ) -> TrialResult:
     """A batch of recall trials, trial ``b`` cued by ``starts[b]`` and driven by ``uniforms[:, b]``.
 
+    One uniform per step drives both estimators. The trial draws the stop state when ``u * sum(a)`` falls
+    past the items' cumulative sum; the *item path* always draws an item, with the same uniform while the
+    trial runs and with the rescaled remainder ``(u sum(a) - items) / a_stop`` once it would stop. The trial's
+    recalls are the path up to its first stop, so the sampled estimator is the paper's.
+
     Args:
       uniforms: (max_recalls, *trials) draws in [0, 1), one per retrieval.
       starts: (*trials) cue items.
       params: scalar CMR parameters; ``tables`` = ``power_tables(params.beta_enc, ...)``.
       config: simulation settings.
       record: also return the recalled items.
-      estimators: which accumulators to fill (``"sampled"`` -> ``counts``, ``"rao_blackwell"`` ->
-        ``counts`` and ``expected``); the others stay zero and cost nothing.
+      estimators: which results to compute (``"sampled"`` -> ``counts``, ``"rao_blackwell"`` -> also
+        ``rao_blackwell``); the others stay zero and cost nothing.
     """
-    n, m = config.list_length, config.max_lag
+    n, m, R = config.list_length, config.max_lag, config.max_recalls
     dtype = uniforms.dtype
     K = 2 * m + 1
     batch = uniforms.shape[1:]
     starts = jnp.broadcast_to(jnp.asarray(starts, jnp.int32), batch)
     d = jnp.arange(-m, m + 1).reshape((K,) + (1,) * len(batch))
     _, a0 = initial_context(starts, tables, n, dtype)
+    rb = "rao_blackwell" in estimators
+    tiny = jnp.finfo(dtype).tiny
 
-    def step(c: _Carry, u):
-        j, total = inverse_cdf(c.a, u)  # state n = stop
-        recalled = c.alive & (j < n)
-        expected, counts = c.expected, c.counts
-        if "sampled" in estimators or "rao_blackwell" in estimators:
-            lag = j - c.prev
-            in_win = recalled & (jnp.abs(lag) <= m)
-            counts = counts + ((d == lag[None]) & in_win[None]).astype(dtype)
-        if "rao_blackwell" in estimators:
-            # E[this step's lag indicators | the past]: the probabilities of the items at lags -m..m from prev
+    def step(c: _Carry, xs):
+        u, k = xs  # k = 1..R
+        cdf = _cumsum0(c.a)
+        total, items = cdf[n], cdf[n - 1]
+        theta = u * total
+        stop = theta >= items  # the trial's draw is the stop state
+        theta = jnp.where(stop, (theta - items) / jnp.maximum(total - items, tiny) * items, theta)
+        j = jnp.minimum(_sum0((cdf[:n] <= theta[None]).astype(dtype)).astype(jnp.int32), n - 1)  # path item
+        recalled = c.alive & ~stop
+        lag = j - c.prev
+        x = ((d == lag[None]) & (jnp.abs(lag) <= m)[None]).astype(dtype)  # the path's lag indicator
+        counts = c.counts + jnp.where(recalled[None], x, 0)
+        survive, path_counts, value = c.survive, c.path_counts, c.value
+        if rb:
+            has_items = items > 0
+            p_stop = jnp.where(has_items, c.a[n] / total, 1)
+            # stop-marginalised: the trial ends here (k - 1 recalls, counts path_counts) with prob survive * p_stop
+            value = value + jnp.where(k > 1, survive * p_stop / jnp.maximum(k - 1, 1), 0)[None] * path_counts
+            survive = survive * (1 - p_stop)
+            # control variate: (E[x | path so far] - x), weighted by survive / R (known before the draw)
             idx = c.prev[None] + d
             valid = (idx >= 0) & (idx < n)
-            p_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
-            expected = expected + jnp.where(c.alive[None], p_win / total[None], 0)
-        # After the stop state the trial is over: its activations may change freely (nothing reads them).
+            a_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
+            q = jnp.where(has_items[None], a_win / jnp.where(has_items, items, 1)[None], 0)
+            value = value + (survive / R)[None] * (q - jnp.where(has_items[None], x, 0))
+            path_counts = path_counts + x
         new = _Carry(
-            a=recall_update_activations(c.a, jnp.minimum(j, n - 1), params, tables, n),
-            prev=jnp.where(recalled, j, c.prev),
+            a=recall_update_activations(c.a, j, params, tables, n),
+            prev=j,
             alive=recalled,
             n_recalls=c.n_recalls + recalled.astype(jnp.int32),
             counts=counts,
-            expected=expected,
+            survive=survive,
+            path_counts=path_counts,
+            value=value,
         )
         return new, (jnp.where(recalled, j, -1) if record else None)
 
     zeros = jnp.zeros((K,) + batch, dtype)
-    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32), zeros, zeros)
-    final, recalls = jax.lax.scan(step, init, uniforms)
-    return TrialResult(final.counts, final.expected, final.n_recalls, recalls)
+    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32), zeros, jnp.ones(batch, dtype),
+                  zeros, zeros)
+    final, recalls = jax.lax.scan(step, init, (uniforms, jnp.arange(1, uniforms.shape[0] + 1, dtype=dtype)))
+    value = final.value + final.survive[None] * final.path_counts / R if rb else final.value
+    return TrialResult(final.counts, value, final.n_recalls, recalls)
 
 
 def _uniforms(pkey, config: SimConfig, trials: int, starts, dtype) -> jax.Array:
@@ -201,17 +226,16 @@ def _uniforms(pkey, config: SimConfig, trials: int, starts, dtype) -> jax.Array:
     return jnp.moveaxis(u, 0, 1).reshape(config.max_recalls, -1)
 
 
-def per_trial_values(res: TrialResult, estimator: str, max_recalls: int) -> jax.Array:
+def per_trial_values(res: TrialResult, estimator: str) -> jax.Array:
     """Each trial's contribution to its start's CRP before normalisation: (lags, *trials).
 
-    ``sampled``: window counts / N (0 for a trial that recalled nothing); ``rao_blackwell``: that plus the
-    zero-mean control variate ``(expected - counts) / max_recalls`` (see the module docstring).
+    ``sampled``: window counts / N (0 for a trial that recalled nothing); ``rao_blackwell``: the value
+    :func:`simulate_trials` computed (see the module docstring).
     """
+    if estimator == "rao_blackwell":
+        return res.rao_blackwell
     n = res.n_recalls.astype(res.counts.dtype)[None]
-    sampled = jnp.where(n > 0, res.counts / jnp.maximum(n, 1), 0)
-    if estimator == "sampled":
-        return sampled
-    return sampled + (res.expected - res.counts) / max_recalls
+    return jnp.where(n > 0, res.counts / jnp.maximum(n, 1), 0)
 
 
 #: Trials simulated side by side on CPUs (per parameter point): the step's (states x trials) arrays then stay in
@@ -247,9 +271,9 @@ def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: st
     def one_block(block):  # block: (B,) start items
         res = simulate_trials(_uniforms(pkey, config, T, block, dtype), jnp.repeat(block, T), params, tables, config,
                               estimators=(estimator,))
-        per_trial = per_trial_values(res, estimator, config.max_recalls).reshape(-1, B, T)
-        mean = per_trial.mean(axis=-1).T  # (B, lags)
-        tot = mean.sum(axis=-1, keepdims=True)
+        per_trial = per_trial_values(res, estimator).reshape(-1, B, T)
+        mean = _tree_sum(per_trial, -1).T / T  # (B, lags)
+        tot = _tree_sum(mean, -1)[:, None]
         return jnp.where(tot > 0, mean / jnp.where(tot > 0, tot, 1), 0)
 
     blocks = jnp.arange(S, dtype=jnp.int32).reshape(S // B, B)
@@ -259,9 +283,12 @@ def _point_crps(key, index, point, config: SimConfig, trials: int, estimator: st
 @partial(jax.jit, static_argnames=("config", "trials", "estimator"))
 def _simulate_chunk(key, indices, points, *, config: SimConfig, trials: int, estimator: str):
     per_start = jax.vmap(lambda i, p: _point_crps(key, i, p, config, trials, estimator))(indices, points)
-    mean = per_start.mean(axis=1)
-    sem = per_start.std(axis=1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else jnp.zeros_like(mean)
-    return mean, sem
+    S = config.n_starts
+    mean = _tree_sum(per_start, 1) / S
+    if S == 1:
+        return mean, jnp.zeros_like(mean)
+    var = _tree_sum((per_start - mean[:, None]) ** 2, 1) / (S - 1)
+    return mean, jnp.sqrt(var) / math.sqrt(S)
 
 
 @dataclass(frozen=True)
@@ -469,8 +496,7 @@ def _pilot_chunk(key, indices, points, *, config: SimConfig, trials: int):
         tables = power_tables(params.beta_enc, config.list_length, dtype)
         u = _uniforms(jax.random.fold_in(key, index), config, trials, jnp.arange(S), dtype)
         res = simulate_trials(u, jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials), params, tables, config)
-        R = config.max_recalls
-        return tuple(_influence_variance(per_trial_values(res, e, R), S, trials) for e in ESTIMATORS)
+        return tuple(_influence_variance(per_trial_values(res, e), S, trials) for e in ESTIMATORS)
 
     return jax.vmap(one)(indices, points)
 
