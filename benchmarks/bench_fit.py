@@ -181,6 +181,9 @@ def validate(args) -> None:
           f"among moved heads: {np.median(imp[moved]) if moved.any() else float('nan'):.3g} absolute, "
           f"{np.median(rel[moved]) if moved.any() else float('nan'):.2%} relative")
     print(f"heads with simulated distance < 0.5: grid {np.sum(d_grid[ok] < 0.5)}, gradient {np.sum(d_grad[ok] < 0.5)}")
+    cmr = d_grid[ok] < 0.5
+    print(f"among the CMR-like heads (grid distance < 0.5): gradient <= grid on {le[cmr].sum()}/{cmr.sum()} = "
+          f"{le[cmr].mean():.1%}; among the others {le[~cmr].sum()}/{(~cmr).sum()}")
     worst = np.argsort(rel)[:5]
     for i in worst:
         print(f"  worst: {labels[ok][i]} grid {d_grid[ok][i]:.4f} -> gradient {d_grad[ok][i]:.4f} "

@@ -178,9 +178,13 @@ def simulate_trials(
         cdf = _cumsum0(c.a)
         total, items = cdf[n], cdf[n - 1]
         theta = u * total
-        stop = theta >= items  # the trial's draw is the stop state
-        theta = jnp.where(stop, (theta - items) / jnp.maximum(total - items, tiny) * items, theta)
-        j = jnp.minimum(_sum0((cdf[:n] <= theta[None]).astype(dtype)).astype(jnp.int32), n - 1)  # path item
+        if rb:  # the item path goes on after the stop draw: rescale the uniform's remainder to the items
+            stop = theta >= items
+            theta = jnp.where(stop, (theta - items) / jnp.maximum(total - items, tiny) * items, theta)
+        j = _sum0((cdf <= theta[None]).astype(dtype)).astype(jnp.int32)
+        if not rb:
+            stop = j >= n  # the trial's draw is the stop state
+        j = jnp.minimum(j, n - 1)  # the path's item (after a stop only the item path reads it)
         recalled = c.alive & ~stop
         lag = j - c.prev
         x = ((d == lag[None]) & (jnp.abs(lag) <= m)[None]).astype(dtype)  # the path's lag indicator
