@@ -1,8 +1,8 @@
 r"""Simulating CMR recall and its lag-CRP: one trial is a ``lax.scan``, everything else is ``vmap``.
 
-A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` states by inverse CDF from
-:func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state (:math:`R` below
-is ``max_recalls``). Items can be recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
+A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` (:math:`R` below) states by inverse CDF
+from :func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state. Items can
+be recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
 activations only (:func:`cmrjax.model.recall_update_activations`).
 
 Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``crp_paper``):
@@ -193,7 +193,7 @@ def simulate_trials(
         if rb:
             has_items = items > 0
             p_stop = jnp.where(has_items, c.a[n] / total, 1)
-            # stop-marginalised: the trial ends here (k - 1 recalls, counts path_counts) with prob survive * p_stop
+            # stop integrated out: the trial ends here (k - 1 recalls, path_counts) with prob survive * p_stop
             value = value + jnp.where(k > 1, survive * p_stop / jnp.maximum(k - 1, 1), 0)[None] * path_counts
             survive = survive * (1 - p_stop)
             # control variate: (E[x | path so far] - x), weighted by survive / R (known before the draw)

@@ -137,8 +137,8 @@ def _per_trial(point, seeds=4, B=5000, R=30, n=100):
         for s in range(seeds):
             u = jax.random.uniform(jax.random.key(s), (R, B), jnp.float64)
             res = simulate_trials(u, jnp.arange(B) % 5, p, tables, config)
-            out.append((np.asarray(per_trial_values(res, "sampled")), np.asarray(per_trial_values(res, "rao_blackwell")),
-                        np.asarray(res.n_recalls)))
+            out.append((np.asarray(per_trial_values(res, "sampled")),
+                        np.asarray(per_trial_values(res, "rao_blackwell")), np.asarray(res.n_recalls)))
     return [np.concatenate([o[i] for o in out], -1) for i in range(3)]
 
 
