@@ -78,34 +78,31 @@ def numpy_crps(points, trials, n_starts, n=100, max_recalls=50, max_lag=8, seed=
     return np.array(out), steps
 
 
-def time_cmrjax(key, points, **kw):
-    """(first-call seconds including compilation, best of 3 steady-state seconds, result)."""
-    from cmrjax.simulate import simulate_crp
-
+def _timed(call, repeats: int):
+    """(first call's seconds including compilation, best of ``repeats`` later calls, last result)."""
     t0 = time.perf_counter()
-    res = simulate_crp(key, points, **kw)
+    res = call()
     first = time.perf_counter() - t0
     best = np.inf
-    for r in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        res = simulate_crp(key, points, **kw)
+        res = call()
         best = min(best, time.perf_counter() - t0)
     return first, best, res
+
+
+def time_cmrjax(key, points, **kw):
+    """``simulate_crp`` timed: first call, best of 3, result."""
+    from cmrjax.simulate import simulate_crp
+
+    return _timed(lambda: simulate_crp(key, points, **kw), 3)
 
 
 def time_adaptive(key, points, **kw):
-    """(first call incl. compile, best of two later calls, result) of the adaptive full-precision run."""
+    """The adaptive full-precision run timed: first call, best of 2, result."""
     from cmrjax.adaptive import simulate_crp_adaptive
 
-    t0 = time.perf_counter()
-    res, _ = simulate_crp_adaptive(key, points, **kw)
-    first = time.perf_counter() - t0
-    best = np.inf
-    for _ in range(2):
-        t0 = time.perf_counter()
-        res, _ = simulate_crp_adaptive(key, points, **kw)
-        best = min(best, time.perf_counter() - t0)
-    return first, best, res
+    return _timed(lambda: simulate_crp_adaptive(key, points, **kw)[0], 2)
 
 
 def table(rows, header):

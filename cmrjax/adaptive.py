@@ -6,8 +6,8 @@ across the paper's grid from a handful (low ``beta_enc``) to several hundred (hi
 point its own count, and runs every point in *units* of ``unit_trials`` trials per start:
 
 1. a pilot of ``pilot_trials`` per start runs both estimators on the same trials and measures, for every CRP
-   entry, the Monte Carlo variance of each (per-trial influences of the per-start normalisation, see
-   :func:`cmrjax.simulate.estimator_variances`; here accumulated as moment sums so units add up);
+   entry, the Monte Carlo variance of each (per-trial influences of the per-start normalisation, accumulated
+   as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
 2. each point gets as many further units as make the Rao-Blackwellised variance at most the sampled one at
    ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`);
 3. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
@@ -34,21 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmrjax.closed_form import corner_crp_per_start, is_corner
+from cmrjax.closed_form import is_corner
 from cmrjax.model import CMRParams, SimConfig, power_tables, validate_params
-from cmrjax.simulate import (CRPResult, _check, _tree_sum, _uniforms, per_trial_values, simulate_trials,
-                             trials_to_match)
+from cmrjax.simulate import (CRPResult, _batch_sharding, _check, _chunk_from_budget, _corner_results,
+                             _step_bytes, _uniforms, finish_moments, per_trial_values, simulate_trials,
+                             start_moments, trials_to_match)
+
+__all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
 
 
 def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
-    """Moment sums of one unit: (estimators, starts, 3 * lags + 1).
-
-    Per start, over its ``unit_trials`` trials of the per-trial values ``x`` (one row per lag,
-    :func:`cmrjax.simulate.per_trial_values`) and their sum over lags ``s``:
-    ``[sum x, sum x**2, sum x*s, sum s**2]``.
-    """
+    """Moment sums of one unit: (estimators, starts, 3 * lags + 1) (:func:`cmrjax.simulate.start_moments`)."""
     dtype = config.jnp_dtype
     S, tb = config.n_starts, unit_trials
     params = CMRParams(*(point[i].astype(dtype) for i in range(3)))
@@ -57,57 +55,13 @@ def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int,
     starts = jnp.arange(S, dtype=jnp.int32)
     res = simulate_trials(_uniforms(bkey, config, tb, starts, dtype), jnp.repeat(starts, tb), params, tables,
                           config, estimators=estimators)
-    out = []
-    for est in estimators:
-        per = per_trial_values(res, est).reshape(-1, S, tb)  # (lags, S, tb)
-        s = _tree_sum(per, 0)  # (S, tb)
-        out.append(jnp.concatenate([_tree_sum(per, -1).T, _tree_sum(per * per, -1).T, _tree_sum(per * s[None], -1).T,
-                                    _tree_sum(s * s, -1)[:, None]], axis=-1))
-    return jnp.stack(out)
+    return jnp.stack([start_moments(per_trial_values(res, est), S, tb) for est in estimators])
 
 
 @partial(jax.jit, static_argnames=("config", "unit_trials", "estimators"))
 def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
     return jax.vmap(lambda i, b, p: _unit_moments(key, i, b, p, config, unit_trials, estimators))(
         indices, blocks, points)
-
-
-def finish_moments(moments: np.ndarray, trials) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CRP, SEM across starts and Monte Carlo variance from summed unit moments.
-
-    Args:
-      moments: (..., starts, 3 * lags + 1) moment sums over ``trials`` trials per start (see
-        :func:`_unit_moments`), float64.
-      trials: trials per start, broadcastable to the leading axes.
-
-    Returns:
-      ``(crp, crp_sem, mc_var)``, each (..., lags): the mean over starts of the per-start CRPs normalised to
-      sum 1, its SEM across starts (ddof = 1, as the reference), and the Monte Carlo variance of ``crp`` (delta
-      method, as :func:`cmrjax.simulate.estimator_variances`).
-    """
-    K = (moments.shape[-1] - 1) // 3
-    S = moments.shape[-2]
-    T = np.asarray(trials, np.float64)[..., None, None]
-    e1, e2, e12, ess = (moments[..., :K] / T, moments[..., K:2 * K] / T, moments[..., 2 * K:3 * K] / T,
-                        moments[..., 3 * K:] / T)
-    M = e1.sum(-1, keepdims=True)
-    ok = M > 0
-    safe = np.where(ok, M, 1.0)
-    crp_s = np.where(ok, e1 / safe, 0.0)  # (..., S, K)
-    ey2 = (e2 - 2 * crp_s * e12 + crp_s**2 * ess) / safe**2  # E[y^2], y the per-trial influence
-    var_s = np.where(ok, np.maximum(ey2, 0) / np.maximum(T - 1, 1), 0.0)
-    crp = crp_s.mean(-2)
-    sem = crp_s.std(-2, ddof=1) / math.sqrt(S) if S > 1 else np.zeros_like(crp)
-    return crp, sem, var_s.sum(-2) / S**2
-
-
-def _units_per_chunk(config: SimConfig, unit_trials: int, n_devices: int) -> int:
-    """Units side by side: ~16 MiB of step arrays per device on CPUs, 512 MiB on accelerators."""
-    budget = (2**24 if jax.default_backend() == "cpu" else 2**29) * n_devices
-    itemsize = 8 if config.dtype == "float64" else 4
-    per_unit = config.n_starts * unit_trials * config.n_states * itemsize * 8
-    c = max(1, int(budget // per_unit))
-    return max(n_devices, (c // n_devices) * n_devices)
 
 
 class _UnitRunner:
@@ -117,12 +71,9 @@ class _UnitRunner:
         self.key, self.config, self.tb = key, config, unit_trials
         self.devices = list(jax.devices()) if devices is None else list(devices)
         nd = len(self.devices)
-        chunk = chunk or _units_per_chunk(config, unit_trials, nd)
+        chunk = chunk or _chunk_from_budget(_step_bytes(config, config.n_starts * unit_trials), nd)
         self.chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
-        self.sharding = None
-        if nd > 1:
-            mesh = jax.sharding.Mesh(np.array(self.devices), ("units",))
-            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("units"))
+        self.sharding = _batch_sharding(self.devices, "units")
         self.dtype = np.float64 if config.dtype == "float64" else np.float32
 
     def __call__(self, points, indices, blocks, estimators: tuple[str, ...]) -> np.ndarray:
@@ -192,10 +143,7 @@ def iter_simulate_adaptive(
     corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
     if corner.any():
         ci = np.flatnonzero(corner)
-        per = np.stack([corner_crp_per_start(points[i, 0], points[i, 1], np.arange(config.n_starts),
-                                             config.list_length, config.max_lag) for i in ci])
-        sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
-        yield indices[ci], per.mean(1), sem, np.zeros(len(ci), np.int64)
+        yield (indices[ci],) + _corner_results(points[ci], config) + (np.zeros(len(ci), np.int64),)
     todo = np.flatnonzero(~corner)
     for lo in range(0, len(todo), group_size):
         g = todo[lo: lo + group_size]
