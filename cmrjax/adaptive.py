@@ -12,6 +12,10 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
    ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`);
 3. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
 
+Points with ``beta_rec`` = 0 need no trials: the context never moves there, and
+:func:`cmrjax.closed_form.static_context_crp_per_start` gives the simulation's expectation exactly (reported
+with 0 trials; the paper's corner at ``gamma_ft`` = 0 still takes precedence when ``corners="closed_form"``).
+
 Every unit has one shape, so a run compiles twice (pilot and main units) whatever the counts, and counts are
 multiples of ``unit_trials`` rather than powers of two.
 
@@ -37,8 +41,8 @@ import numpy as np
 from cmrjax.closed_form import is_corner
 from cmrjax.model import CMRParams, SimConfig, power_tables, validate_params
 from cmrjax.simulate import (CRPResult, _batch_sharding, _check, _chunk_from_budget, _corner_results,
-                             _step_bytes, _uniforms, finish_moments, per_trial_values, simulate_trials,
-                             start_moments, trials_to_match)
+                             _static_results, _step_bytes, _uniforms, finish_moments, per_trial_values,
+                             simulate_trials, start_moments, trials_to_match)
 
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
@@ -119,9 +123,10 @@ def iter_simulate_adaptive(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Simulate group by group, yielding ``(indices, crp, crp_sem, trials)`` for each finished group of points.
 
-    ``trials`` are the per-start counts used (0 for closed-form corners). Arguments as in
-    :func:`simulate_crp_adaptive`; ``indices`` are the points' global indices (default ``0..N-1``), which fix
-    their random streams (the basis of ``--resume``); ``group_size`` points are finished at a time.
+    ``trials`` are the per-start counts used (0 for closed-form corners and exact ``beta_rec`` = 0 points).
+    Arguments as in :func:`simulate_crp_adaptive`; ``indices`` are the points' global indices (default
+    ``0..N-1``), which fix their random streams (the basis of ``--resume``); ``group_size`` points are finished
+    at a time.
     """
     points = validate_params(points)
     N = len(points)
@@ -144,7 +149,11 @@ def iter_simulate_adaptive(
     if corner.any():
         ci = np.flatnonzero(corner)
         yield (indices[ci],) + _corner_results(points[ci], config) + (np.zeros(len(ci), np.int64),)
-    todo = np.flatnonzero(~corner)
+    static = ~corner & (points[:, 1] == 0)
+    if static.any():
+        si = np.flatnonzero(static)
+        yield (indices[si],) + _static_results(points[si], config) + (np.zeros(len(si), np.int64),)
+    todo = np.flatnonzero(~corner & ~static)
     for lo in range(0, len(todo), group_size):
         g = todo[lo: lo + group_size]
         pts, idx = points[g], indices[g]
@@ -200,7 +209,7 @@ def simulate_crp_adaptive(
 
     Returns:
       ``(result, trials)``: a :class:`cmrjax.simulate.CRPResult` and the (N,) trials per start used (0 at
-      closed-form corners).
+      closed-form corners and at ``beta_rec`` = 0, computed exactly).
 
     Examples:
       >>> import jax, numpy as np

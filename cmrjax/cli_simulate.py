@@ -209,8 +209,13 @@ def run(args) -> int:
                       trials=None if per_point is None else per_point.reshape(shape[:-1]))
     if partial.exists():
         os.unlink(partial)
-    used = "" if per_point is None else (
-        f"; trials per start: median {int(np.median(per_point))}, mean {per_point.mean():.0f}, max {per_point.max()}")
+    used = ""
+    if per_point is not None:
+        sim = per_point[per_point > 0]
+        used = f"; {N - len(sim)} points exact (closed forms, 0 trials)"
+        if len(sim):
+            used += (f", trials per start at the {len(sim)} simulated: median {int(np.median(sim))}, "
+                     f"mean {sim.mean():.0f}, max {sim.max()}")
     print(f"wrote {args.out} ({N} points, {trials_setting} trials x {args.starts} starts, {estimator}) "
           f"in {elapsed:.1f} s{used}")
     return 0

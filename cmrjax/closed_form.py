@@ -1,4 +1,4 @@
-r"""The two closed-form corners of the paper's CRP grid (numpy, float64).
+r"""Closed forms of the CRP (numpy, float64): the paper's two corners, and the exact static-context CRP.
 
 The original study did not simulate two corners of its grid; it computed them in closed form, per start
 position, then normalised over the lag window and averaged over starts like the simulated entries:
@@ -12,6 +12,12 @@ position, then normalised over the lag window and averaged over starts like the 
 
 These are *not* limits of the simulation (the first leaves out the cue's own transition, the second uses
 another normalisation); see the reference data README. :func:`is_corner` says where they apply.
+
+A third closed form is exact for the simulation itself: with :math:`\beta_{rec} = 0` the context never moves
+(:math:`t = e_{s_0}` whatever :math:`\gamma_{FT}`), so every retrieval draws from the same distribution and
+the expectation of the paper's per-trial CRP has a closed form (:func:`static_context_crp_per_start`). It is
+the value the simulation estimates at :math:`\beta_{rec} = 0` (and approaches as :math:`\beta_{rec} \to 0`),
+with no Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -66,3 +72,46 @@ def corner_crp_per_start(beta_enc: float, beta_rec: float, starts: np.ndarray, n
             crp[:, max_lag + d] = P1 @ P2
     total = crp.sum(axis=1, keepdims=True)
     return np.divide(crp, total, out=np.zeros_like(crp), where=total > 0)
+
+
+def static_context_crp_per_start(beta_enc: float, starts: np.ndarray, n: int, max_lag: int,
+                                 max_recalls: int) -> np.ndarray:
+    r"""Exact per-start CRPs of the simulation at :math:`\beta_{rec} = 0` (any :math:`\gamma_{FT}`): (starts, lags).
+
+    The context stays :math:`e_{s_0}`, so each of the up to ``max_recalls`` (:math:`R`) draws is independent:
+    the stop state with probability :math:`\pi = M_{s_0,n} / \sum_k M_{s_0,k}`, else item :math:`i` with
+    :math:`q_i = M_{s_0,i} / \sum_{k<n} M_{s_0,k}`. A trial that recalls :math:`N = m` items makes one
+    transition from the cue (lag :math:`d` with probability :math:`P_1(d) = q_{s_0+d}`) and :math:`m - 1`
+    between recalls (:math:`P_2(d) = \sum_i q_i q_{i+d}`), and :math:`P(N = m) = (1-\pi)^m \pi` for
+    :math:`m < R`, :math:`(1-\pi)^R` for :math:`m = R`. So the paper's per-trial value :math:`C_N / N` has
+    expectation
+
+    .. math:: \sum_{m=1}^{R} P(N=m) \, \frac{P_1(d) + (m-1) P_2(d)}{m},
+
+    normalised over the window like a simulated start (0 where the window gets no mass).
+    """
+    if not 0.0 <= float(beta_enc) <= 1.0:
+        raise ValueError(f"beta_enc={beta_enc!r} is outside [0, 1]")
+    M = _encoding_matrix_np(float(beta_enc), n)
+    starts = np.asarray(starts, dtype=int)
+    K = 2 * max_lag + 1
+    a = M[starts]  # (starts, n+1): activations of the fixed context e_{s0}
+    items = a[:, :n].sum(axis=1)
+    total = items + a[:, n]
+    ok = items > 0
+    stop = np.where(ok, a[:, n] / np.where(ok, total, 1.0), 1.0)
+    q = np.where(ok[:, None], a[:, :n] / np.where(ok, items, 1.0)[:, None], 0.0)  # (starts, n)
+    P1, P2 = np.zeros((len(starts), K)), np.zeros((len(starts), K))
+    for x, d in enumerate(range(-max_lag, max_lag + 1)):
+        idx = starts + d
+        inside = (idx >= 0) & (idx < n)
+        P1[inside, x] = q[inside, idx[inside]]
+        P2[:, x] = np.sum(q[:, max(0, -d): n - max(0, d)] * q[:, max(0, d): n - max(0, -d)], axis=1)
+    m = np.arange(1, max_recalls + 1)
+    keep = (1.0 - stop)[:, None] ** m  # (starts, R): P(N >= m)
+    p_n = keep * np.where(m < max_recalls, stop[:, None], 1.0)  # P(N = m)
+    value = (p_n / m) @ np.ones(max_recalls)  # sum_m P(N=m)/m
+    value_rest = (p_n * (m - 1) / m) @ np.ones(max_recalls)  # sum_m P(N=m)(m-1)/m
+    crp = value[:, None] * P1 + value_rest[:, None] * P2
+    tot = crp.sum(axis=1, keepdims=True)
+    return np.divide(crp, tot, out=np.zeros_like(crp), where=tot > 0)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from cmrjax.closed_form import corner_crp_per_start, is_corner
+from cmrjax.closed_form import corner_crp_per_start, is_corner, static_context_crp_per_start
 from cmrjax.model import (
     CMRParams,
     PowerTables,
@@ -350,6 +350,15 @@ def _corner_results(points: np.ndarray, config: SimConfig) -> tuple[np.ndarray, 
     starts = np.arange(config.n_starts)
     per = np.stack([corner_crp_per_start(be, br, starts, config.list_length, config.max_lag)
                     for be, br, _ in points])  # (points, starts, lags)
+    sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
+    return per.mean(1), sem
+
+
+def _static_results(points: np.ndarray, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Exact CRPs of ``beta_rec`` = 0 points (static context, any ``gamma_ft``): mean over starts and SEM."""
+    starts = np.arange(config.n_starts)
+    per = np.stack([static_context_crp_per_start(be, starts, config.list_length, config.max_lag,
+                                                 config.max_recalls) for be in points[:, 0]])
     sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
     return per.mean(1), sem
 

@@ -1,27 +1,36 @@
-"""A CRP that is differentiable in (beta_enc, beta_rec, gamma_ft): tricubic interpolation of a CRP grid.
+r"""A CRP that is differentiable in (beta_enc, beta_rec, gamma_ft): tricubic interpolation of a CRP grid.
 
 The simulated lag-CRP is a Monte Carlo estimate, so it has no usable derivative of its own. Gradient fits
 (:func:`cmrjax.fit.fit_scores` with ``method="gradient"``) instead use a smooth interpolant of a dense CRP
-grid: for each lag separately, a tensor-product **Catmull-Rom** cubic in the three parameters,
+grid: for each lag separately, a tensor product of piecewise cubics in the three parameters,
 
 .. math::
 
-    \\hat c(\\theta) = \\sum_{a,b,c=0}^{3} w_a(t_e)\\, w_b(t_r)\\, w_c(t_g)\\, C[i_e-1+a,\\, i_r-1+b,\\, i_g-1+c]
+    \hat c(\theta) = \sum_{a,b,c=0}^{3} w_a(\theta_e)\, w_b(\theta_r)\, w_c(\theta_g)\,
+    C[i_e-1+a,\, i_r-1+b,\, i_g-1+c].
 
-with :math:`t` the position inside the grid cell and the Catmull-Rom weights
-:math:`w(t) = \\tfrac12(-t^3+2t^2-t,\\; 3t^3-5t^2+2,\\; -3t^3+4t^2+t,\\; t^3-t^2)`. The interpolant passes
-through every grid node, is C1 (continuous first derivatives, so optax steps are well behaved) and is
-exact for quadratics. Ghost nodes outside the grid are linear extrapolations (:math:`2C_0 - C_1`), so the
-interpolant is also exact for linear functions up to the edge.
+Along each axis the cubic on cell :math:`[x_i, x_{i+1}]` is the cubic Hermite interpolant whose slope at a
+node is that of the parabola through the node and its two neighbours,
+:math:`m_i = (h_i \delta_{i-1} + h_{i-1} \delta_i) / (h_{i-1} + h_i)` (:math:`h` the node spacings,
+:math:`\delta` the divided differences). So axes may be **non-uniform** (nodes packed where the CRP bends
+fast, as it does in beta_rec just above 0); on a uniform axis the weights are exactly the **Catmull-Rom**
+weights :math:`w(t) = \tfrac12(-t^3+2t^2-t,\; 3t^3-5t^2+2,\; -3t^3+4t^2+t,\; t^3-t^2)`. The interpolant
+passes through every grid node, is C1 (continuous first derivatives, so optax steps are well behaved) and is
+exact for quadratics away from the edge cells. Ghost nodes outside the grid are linear extrapolations
+(:math:`2C_0 - C_1`, one edge spacing out), so the interpolant is also exact for linear functions up to the
+edge.
 
-Bias: a fit on the surface optimises :math:`\\hat c`, not the simulator's CRP. The difference is
-(1) interpolation error, of order :math:`h^3 \\max |\\partial^3 c|` per axis (measure it by leaving out
+Bias: a fit on the surface optimises :math:`\hat c`, not the simulator's CRP. The difference is
+(1) interpolation error, of order :math:`h^3 \max |\partial^3 c|` per axis (measure it by leaving out
 nodes: :func:`leave_one_out_error`), plus (2) the Monte Carlo error of the grid values themselves (the
 grid's ``crp_sem`` bounds the noise of each node; the interpolant's noise is a weighted sum of node noise
 with weights summing to 1). Build the surface from a grid simulated with ``estimator="rao_blackwell"`` and
 ``corners="simulate"`` (the simulation's own, continuous CRP): the paper grid's closed-form corner entries
 make the CRP jump at beta_rec in {0, 1} with gamma_ft = 0, and an interpolant through them is wrong near
-those corners. Re-evaluate fitted parameters by simulation to report unbiased distances.
+those corners. On the paper's beta_rec spacing of 0.05 the interpolation error between beta_rec = 0 and
+0.05 reaches ~0.005 (measured at beta_enc 0.05, gamma_ft 1), ten times the Monte Carlo error at the paper's
+precision: add beta_rec nodes there (the README's performance section measures it). Re-evaluate fitted
+parameters by simulation to report unbiased distances.
 
 Only the lags inside the fitting window are kept, which makes each evaluation cheaper.
 """
@@ -36,38 +45,39 @@ import numpy as np
 
 from cmrjax.io import CRPGrid
 
-__all__ = ["CRPSurface", "build_surface", "surface_crp", "catmull_rom_weights", "leave_one_out_error"]
+__all__ = ["CRPSurface", "build_surface", "surface_crp", "catmull_rom_weights", "hermite_weights",
+           "leave_one_out_error"]
 
 
 class CRPSurface(NamedTuple):
-    """A differentiable CRP over a uniform product grid (a pytree; pass it through jit/vmap).
+    """A differentiable CRP over a product grid (a pytree; pass it through jit/vmap).
 
     Attributes:
       values: (n_e + 2, n_r + 2, n_g + 2, lags) node values with one ghost node on each side.
       lower: (3,) the first node of each axis (beta_enc, beta_rec, gamma_ft).
-      step: (3,) the node spacing of each axis.
       upper: (3,) the last node of each axis (the surface's domain is [lower, upper]).
       lags: (lags,) int, the lags of the last axis.
+      nodes: the node coordinates of each axis, with the ghost nodes: three arrays of n_e + 2, n_r + 2 and
+        n_g + 2 increasing values.
     """
 
     values: jax.Array
     lower: jax.Array
-    step: jax.Array
     upper: jax.Array
     lags: jax.Array
+    nodes: tuple[jax.Array, jax.Array, jax.Array]
 
 
-def _uniform_step(axis: np.ndarray, name: str) -> float:
+def _padded_nodes(axis: np.ndarray, name: str) -> np.ndarray:
+    """The axis' nodes with one ghost node on each side, one edge spacing out."""
     axis = np.asarray(axis, dtype=np.float64)
     if axis.ndim != 1 or len(axis) < 2:
         raise ValueError(f"grid axis {name} needs at least 2 values to interpolate, got {axis.tolist()}")
     d = np.diff(axis)
-    if not np.allclose(d, d[0], rtol=1e-6, atol=1e-9) or d[0] <= 0:
-        raise ValueError(
-            f"grid axis {name} must be increasing and uniformly spaced for the interpolating surface, "
-            f"got {axis.tolist()}; simulate the surface grid on a uniform grid"
-        )
-    return float(d[0])
+    if not np.all(d > 0):
+        raise ValueError(f"grid axis {name} must be strictly increasing for the interpolating surface, "
+                         f"got {axis.tolist()}")
+    return np.concatenate([[axis[0] - d[0]], axis, [axis[-1] + d[-1]]])
 
 
 def _pad_linear(a: np.ndarray, axis: int) -> np.ndarray:
@@ -83,16 +93,16 @@ def build_surface(grid: CRPGrid, *, lags: np.ndarray | None = None, dtype=None) 
     """Build the interpolating surface of a CRP grid.
 
     Args:
-      grid: a product grid with uniformly spaced axes (for example from ``cmrjax simulate`` with
+      grid: a product grid with strictly increasing axes (for example from ``cmrjax simulate`` with
         ``estimator="rao_blackwell"``, ``corners="simulate"``; the paper grid works too but jumps at its
         closed-form corners, see the module docstring).
       lags: the lags to keep (default: all of the grid's lags). Fits pass their window (-5..+5).
       dtype: float dtype of the values (default: float64 when jax x64 is enabled, else float32).
 
     Raises:
-      ValueError: non-uniform axes, or ``lags`` not in the grid.
+      ValueError: axes that are not strictly increasing, or ``lags`` not in the grid.
     """
-    steps = [_uniform_step(ax, n) for ax, n in
+    nodes = [_padded_nodes(ax, n) for ax, n in
              [(grid.beta_enc, "beta_enc"), (grid.beta_rec, "beta_rec"), (grid.gamma_ft, "gamma_ft")]]
     glags = np.asarray(grid.lags)
     crp = np.asarray(grid.crp, dtype=np.float64)
@@ -116,9 +126,9 @@ def build_surface(grid: CRPGrid, *, lags: np.ndarray | None = None, dtype=None) 
     return CRPSurface(
         values=jnp.asarray(v, dtype=dtype),
         lower=jnp.asarray(lower, dtype=dtype),
-        step=jnp.asarray(np.array(steps), dtype=dtype),
         upper=jnp.asarray(upper, dtype=dtype),
         lags=jnp.asarray(glags),
+        nodes=tuple(jnp.asarray(n, dtype=dtype) for n in nodes),
     )
 
 
@@ -127,6 +137,33 @@ def catmull_rom_weights(t: jax.Array) -> jax.Array:
     t2 = t * t
     t3 = t2 * t
     return 0.5 * jnp.stack([-t3 + 2 * t2 - t, 3 * t3 - 5 * t2 + 2, -3 * t3 + 4 * t2 + t, t3 - t2])
+
+
+def hermite_weights(t: jax.Array, h: jax.Array) -> jax.Array:
+    """Weights of the 4 nodes i-1, i, i+1, i+2 at fraction ``t`` of cell [i, i+1], given the spacings
+    ``h = (h_{i-1}, h_i, h_{i+1})``: the cubic Hermite interpolant with three-point (parabola) slopes. Shape (4,).
+    Equal spacings give :func:`catmull_rom_weights`."""
+    h0, h1, h2 = h[0], h[1], h[2]
+    t2 = t * t
+    t3 = t2 * t
+    h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2
+    a0, b0 = h1 / (h0 * (h0 + h1)), h0 / (h1 * (h0 + h1))  # slope at node i: a0 (y_i - y_{i-1}) + b0 (y_{i+1} - y_i)
+    a1, b1 = h2 / (h1 * (h1 + h2)), h1 / (h2 * (h1 + h2))  # slope at node i+1
+    return jnp.stack([
+        -h1 * h10 * a0,
+        h00 + h1 * h10 * (a0 - b0) - h1 * h11 * a1,
+        h01 + h1 * h10 * b0 + h1 * h11 * (a1 - b1),
+        h1 * h11 * b1,
+    ])
+
+
+def _axis_weights(nodes: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cell index (into the real nodes) and the 4 weights at ``x`` on one padded axis."""
+    n_real = nodes.shape[0] - 2
+    cell = jnp.clip(jnp.searchsorted(nodes[1:-1], x, side="right") - 1, 0, n_real - 2).astype(jnp.int32)
+    p = jax.lax.dynamic_slice(nodes, (cell,), (4,))  # x_{i-1}, x_i, x_{i+1}, x_{i+2}
+    h = jnp.diff(p)
+    return cell, hermite_weights((x - p[1]) / h[1], h)
 
 
 def surface_crp(surface: CRPSurface, params: jax.Array) -> jax.Array:
@@ -140,16 +177,10 @@ def surface_crp(surface: CRPSurface, params: jax.Array) -> jax.Array:
       (lags,) the interpolated CRP (not renormalised; may dip slightly below 0 between nodes where the
       CRP is near 0). vmap for many points.
     """
-    n_nodes = jnp.asarray(surface.values.shape[:3]) - 2
     x = jnp.clip(params, surface.lower, surface.upper)
-    pos = (x - surface.lower) / surface.step
-    cell = jnp.clip(jnp.floor(pos), 0, n_nodes - 2)
-    t = pos - cell
-    cell = cell.astype(jnp.int32)
-    block = jax.lax.dynamic_slice(
-        surface.values, (cell[0], cell[1], cell[2], jnp.zeros((), jnp.int32)), (4, 4, 4, surface.values.shape[3])
-    )
-    we, wr, wg = catmull_rom_weights(t[0]), catmull_rom_weights(t[1]), catmull_rom_weights(t[2])
+    (ce, we), (cr, wr), (cg, wg) = (_axis_weights(surface.nodes[a], x[a]) for a in range(3))
+    block = jax.lax.dynamic_slice(surface.values, (ce, cr, cg, jnp.zeros((), jnp.int32)),
+                                  (4, 4, 4, surface.values.shape[3]))
     return jnp.einsum("a,b,c,abck->k", we, wr, wg, block)
 
 

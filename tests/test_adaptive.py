@@ -89,6 +89,20 @@ def test_counts_are_whole_units_from_the_pilot_up_and_follow_the_noise():
     assert t[0] < t[1]
 
 
+def test_beta_rec_zero_points_are_exact_with_no_trials():
+    """beta_rec = 0 takes the static-context closed form (0 trials); the paper's corner keeps gamma_ft = 0."""
+    from cmrjax.closed_form import corner_crp_per_start, static_context_crp_per_start
+
+    pts = np.array([[0.6, 0.0, 0.4], [0.6, 0.0, 0.0], [0.6, 0.5, 0.4]])
+    res, t = simulate_crp_adaptive(jax.random.key(0), pts, config=SimConfig(n_starts=3))
+    np.testing.assert_allclose(res.crp[0], static_context_crp_per_start(0.6, np.arange(3), 100, 8, 50).mean(0))
+    np.testing.assert_allclose(res.crp[1], corner_crp_per_start(0.6, 0.0, np.arange(3), 100, 8).mean(0))
+    assert t[0] == 0 and t[1] == 0 and t[2] >= 32
+    res, t = simulate_crp_adaptive(jax.random.key(0), pts[1:2], config=SimConfig(n_starts=3), corners="simulate")
+    np.testing.assert_allclose(res.crp[0], static_context_crp_per_start(0.6, np.arange(3), 100, 8, 50).mean(0))
+    assert t[0] == 0
+
+
 def test_adaptive_crps_match_the_reference_grid_on_a_random_subset(ref_dir):
     """As the sampled test: the paper's precision means the tolerances of a 1000-trial sampled estimate."""
     grid = load_crp_grid(ref_dir / "crps" / "cmr_crp_avg_20_11.npy")

@@ -18,7 +18,7 @@ import pytest
 from cmrjax.cli import main as cli_main
 from cmrjax.fit import fit_profiles, fit_scores
 from cmrjax.io import CRPGrid, FileFormatError, load_crp_grid, load_fits, load_scores, save_fits
-from cmrjax.surface import build_surface, catmull_rom_weights, surface_crp
+from cmrjax.surface import build_surface, catmull_rom_weights, hermite_weights, surface_crp
 
 
 def _poly_grid(f) -> CRPGrid:
@@ -78,11 +78,37 @@ def test_surface_gradients_match_finite_differences(grid):
             np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
 
 
-def test_non_uniform_axes_are_refused():
+def test_axes_that_do_not_increase_are_refused():
     g = _poly_grid(_quadratic)
-    bad = CRPGrid(crp=g.crp, beta_enc=g.beta_enc ** 2, beta_rec=g.beta_rec, gamma_ft=g.gamma_ft, lags=g.lags)
-    with pytest.raises(ValueError, match="uniformly spaced"):
+    bad = CRPGrid(crp=g.crp, beta_enc=g.beta_enc[::-1], beta_rec=g.beta_rec, gamma_ft=g.gamma_ft, lags=g.lags)
+    with pytest.raises(ValueError, match="strictly increasing"):
         build_surface(bad)
+
+
+def test_hermite_weights_on_equal_spacings_are_catmull_rom():
+    t = jnp.linspace(0, 1, 7)
+    for h in (1.0, 0.05):
+        w = jax.vmap(lambda s: hermite_weights(s, jnp.full(3, h)))(t)
+        np.testing.assert_allclose(w, jax.vmap(catmull_rom_weights)(t), atol=1e-6)
+
+
+def test_non_uniform_surface_is_exact_for_a_quadratic_and_passes_through_its_nodes():
+    """Nodes packed near beta_rec = 0 and unevenly in beta_enc: the three-point slopes make the cubic exact
+    for quadratics in the parameters (hand-chosen interior points), and every node is reproduced."""
+    e = np.array([0.1, 0.15, 0.3, 0.4, 0.6, 0.65, 0.8, 1.0])
+    r = np.array([0.0, 0.0125, 0.025, 0.05, 0.1, 0.3, 0.5, 0.55, 0.9, 1.0])
+    gm = np.array([0.0, 0.1, 0.4, 0.5, 0.8, 1.0])
+    E, R, G = np.meshgrid(e, r, gm, indexing="ij")
+    g = CRPGrid(crp=np.stack([_quadratic(E, R, G, k) for k in range(3)], -1), beta_enc=e, beta_rec=r,
+                gamma_ft=gm, lags=np.arange(-1, 2))
+    with jax.enable_x64(True):
+        surf = build_surface(g)
+        pts = np.array([[0.34, 0.03, 0.45], [0.55, 0.2, 0.3], [0.62, 0.51, 0.6], [0.2, 0.07, 0.42]])
+        vals = np.asarray(jax.vmap(surface_crp, in_axes=(None, 0))(surf, jnp.asarray(pts)))
+        nodes = np.asarray(jax.vmap(surface_crp, in_axes=(None, 0))(surf, jnp.asarray(g.points)))
+    expect = np.stack([_quadratic(pts[:, 0], pts[:, 1], pts[:, 2], k) for k in range(3)], -1)
+    np.testing.assert_allclose(vals, expect, rtol=1e-12)
+    np.testing.assert_allclose(nodes, g.crp.reshape(-1, 3), rtol=1e-12)
 
 
 def test_gradient_fit_recovers_an_off_grid_head(grid):
