@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cmrjax.closed_form import is_corner
-from cmrjax.model import CMRParams, SimConfig, power_tables, validate_params
+from cmrjax.model import SimConfig, validate_params
 from cmrjax.simulate import (CRPResult, _batch_sharding, _check, _chunk_from_budget, _corner_results,
-                             _static_results, _step_bytes, _uniforms, finish_moments, per_trial_values,
-                             simulate_trials, start_moments, trials_to_match)
+                             _static_results, _step_bytes, finish_moments, _point_moments, trials_to_match)
 
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
@@ -51,15 +50,8 @@ _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
 
 def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
     """Moment sums of one unit: (estimators, starts, 3 * lags + 1) (:func:`cmrjax.simulate.start_moments`)."""
-    dtype = config.jnp_dtype
-    S, tb = config.n_starts, unit_trials
-    params = CMRParams(*(point[i].astype(dtype) for i in range(3)))
-    tables = power_tables(params.beta_enc, config.list_length, dtype)
     bkey = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
-    starts = jnp.arange(S, dtype=jnp.int32)
-    res = simulate_trials(_uniforms(bkey, config, tb, starts, dtype), jnp.repeat(starts, tb), params, tables,
-                          config, estimators=estimators)
-    return jnp.stack([start_moments(per_trial_values(res, est), S, tb) for est in estimators])
+    return _point_moments(bkey, point, config, unit_trials, estimators)
 
 
 @partial(jax.jit, static_argnames=("config", "unit_trials", "estimators"))

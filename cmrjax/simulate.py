@@ -345,22 +345,24 @@ def _batch_sharding(devices: list, axis: str):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
+def _mean_and_sem(per: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-start CRPs (points, starts, lags) -> mean over starts and its SEM (ddof = 1, as the reference)."""
+    S = per.shape[1]
+    return per.mean(1), (per.std(1, ddof=1) / math.sqrt(S) if S > 1 else np.zeros_like(per[:, 0]))
+
+
 def _corner_results(points: np.ndarray, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form CRPs of corner points (numpy float64): mean over starts and its SEM, each (points, lags)."""
     starts = np.arange(config.n_starts)
-    per = np.stack([corner_crp_per_start(be, br, starts, config.list_length, config.max_lag)
-                    for be, br, _ in points])  # (points, starts, lags)
-    sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
-    return per.mean(1), sem
+    return _mean_and_sem(np.stack([corner_crp_per_start(be, br, starts, config.list_length, config.max_lag)
+                                   for be, br, _ in points]))
 
 
 def _static_results(points: np.ndarray, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     """Exact CRPs of ``beta_rec`` = 0 points (static context, any ``gamma_ft``): mean over starts and SEM."""
     starts = np.arange(config.n_starts)
-    per = np.stack([static_context_crp_per_start(be, starts, config.list_length, config.max_lag,
-                                                 config.max_recalls) for be in points[:, 0]])
-    sem = per.std(1, ddof=1) / math.sqrt(config.n_starts) if config.n_starts > 1 else np.zeros_like(per[:, 0])
-    return per.mean(1), sem
+    return _mean_and_sem(np.stack([static_context_crp_per_start(be, starts, config.list_length, config.max_lag,
+                                                                config.max_recalls) for be in points[:, 0]]))
 
 
 def _check(trials: int, estimator: str, corners: str) -> None:
@@ -544,19 +546,24 @@ def finish_moments(moments: np.ndarray, trials) -> tuple[np.ndarray, np.ndarray,
     return crp, sem, var_s.sum(-2) / S**2
 
 
+def _point_moments(pkey, point, config: SimConfig, trials: int, estimators: tuple[str, ...] = ESTIMATORS):
+    """Moment sums (:func:`start_moments`) of one point's ``trials`` x ``n_starts`` trials, drawn from ``pkey``
+    (start ``s`` from ``fold_in(pkey, s)``), for each estimator on the same trials: (estimators, starts,
+    3 * lags + 1)."""
+    dtype = config.jnp_dtype
+    S = config.n_starts
+    params = CMRParams(*(point[i].astype(dtype) for i in range(3)))
+    tables = power_tables(params.beta_enc, config.list_length, dtype)
+    starts = jnp.arange(S, dtype=jnp.int32)
+    res = simulate_trials(_uniforms(pkey, config, trials, starts, dtype), jnp.repeat(starts, trials), params,
+                          tables, config, estimators=estimators)
+    return jnp.stack([start_moments(per_trial_values(res, e), S, trials) for e in estimators])
+
+
 @partial(jax.jit, static_argnames=("config", "trials"))
 def _pilot_chunk(key, indices, points, *, config: SimConfig, trials: int):
     """Per point: moment sums of both estimators on the same trials, (2, starts, 3 * lags + 1)."""
-    def one(index, point):
-        dtype = config.jnp_dtype
-        S = config.n_starts
-        params = CMRParams(*(p.astype(dtype) for p in (point[0], point[1], point[2])))
-        tables = power_tables(params.beta_enc, config.list_length, dtype)
-        u = _uniforms(jax.random.fold_in(key, index), config, trials, jnp.arange(S), dtype)
-        res = simulate_trials(u, jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials), params, tables, config)
-        return jnp.stack([start_moments(per_trial_values(res, e), S, trials) for e in ESTIMATORS])
-
-    return jax.vmap(one)(indices, points)
+    return jax.vmap(lambda i, p: _point_moments(jax.random.fold_in(key, i), p, config, trials))(indices, points)
 
 
 def estimator_variances(
