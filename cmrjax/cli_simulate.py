@@ -11,6 +11,9 @@ import numpy as np
 
 from cmrjax.cli import CLIError
 
+#: --trials auto: share of the pilot's count allocated before the recheck (cmrjax.adaptive, step 3)
+FIRST_FRACTION = 0.8
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -134,7 +137,8 @@ def run(args) -> int:
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
-    trials_setting = f"auto(match={args.match_trials},pilot={args.pilot_trials})" if auto else args.trials
+    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},first_fraction={FIRST_FRACTION})"
+                      if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
                     dtype=config.dtype, n_points=int(len(points)),
@@ -173,7 +177,8 @@ def run(args) -> int:
     if len(todo):
         if auto:
             it = iter_simulate_adaptive(key, points[todo], config=config, match_trials=args.match_trials,
-                                        pilot_trials=args.pilot_trials, corners=corners, indices=todo,
+                                        pilot_trials=args.pilot_trials, first_fraction=FIRST_FRACTION,
+                                        corners=corners, indices=todo,
                                         group_size=256, chunk_size=args.chunk_size)
         else:
             it = ((i, c, s, None) for i, c, s in iter_simulate_chunks(

@@ -25,7 +25,10 @@ O(n) instead of a dense O(n^2) matrix-vector product:
 * :math:`(M^\top M f_j)_k = r^{|k-j|} S_{\min(k,j)}`, where :math:`S_m = \sum_{l<m} r^{2l}`;
 * :math:`t \cdot M f_j = a_j`.
 
-So the step updates :math:`t` and :math:`a = M^\top t` together (:func:`recall_update`).
+So the step updates :math:`t` and :math:`a = M^\top t` together (:func:`recall_update`). The simulator carries
+the cumulative activations :math:`A_k = \sum_{l \le k} a_l` instead (:func:`recall_update_cumulative`): an
+inverse-CDF draw reads them directly, and the cumulative input :math:`\sum_{l \le k} (M^\top t^{IN})_l` has a
+closed form in the geometric sums :math:`G_e = \sum_{l<e} r^l`, so no step computes a cumulative sum.
 """
 
 from __future__ import annotations
@@ -163,11 +166,13 @@ class PowerTables(NamedTuple):
       r: () :math:`r = 1 - \\beta_{enc}`.
       pw: (n+1,) ``pw[e] = r**e`` (with ``0**0 = 1``).
       cum2: (n+2,) ``cum2[m] = S_m = sum_{l<m} r**(2l)``.
+      geo: (n+2,) ``geo[e] = G_e = sum_{l<e} r**l``.
     """
 
     r: Array
     pw: Array
     cum2: Array
+    geo: Array
 
 
 def power_tables(beta_enc, list_length: int, dtype=jnp.float32) -> PowerTables:
@@ -176,7 +181,8 @@ def power_tables(beta_enc, list_length: int, dtype=jnp.float32) -> PowerTables:
     r = (1.0 - jnp.asarray(beta_enc, dtype)).astype(dtype)
     pw = r ** jnp.arange(n + 1, dtype=dtype)  # r**0 .. r**n
     cum2 = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(pw * pw)])
-    return PowerTables(r=r, pw=pw, cum2=cum2)
+    geo = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(pw)])
+    return PowerTables(r=r, pw=pw, cum2=cum2, geo=geo)
 
 
 def _states(n: int, batch_ndim: int) -> Array:
@@ -319,3 +325,75 @@ def recall_update_activations(a: States, j: Item, params: CMRParams, tables: Pow
     dot = ((1 - g) * context_at(a, j, tables) + g * _take(a, j)) / norm_in  # t . t_in
     rho = jnp.sqrt((1 - b) ** 2 + b**2 + 2 * b * (1 - b) * dot)[None]
     return ((1 - b) * a + b * a_in) / rho
+
+
+# ------------------------------------------------------------------------------------------------
+# the same update on cumulative activations (what the simulator carries)
+
+
+def initial_cumulative_activations(start, tables: PowerTables, n: int) -> States:
+    r""":math:`A_k = \sum_{l \le k} a_l` of the cued context :math:`t = e_{s_0}`: :math:`G_{k - s_0}` for
+    :math:`k > s_0`, else 0 (states on the leading axis)."""
+    start = jnp.asarray(start)
+    return tables.geo[jnp.maximum(_states(n, start.ndim) - start[None], 0)]
+
+
+def _inv_norm_in(g, j, tables: PowerTables) -> Array:
+    r""":math:`1 / \lVert (1-\gamma) f_j + \gamma M f_j \rVert`, as an explicit ``rsqrt``.
+
+    Written as ``x / sqrt(y)``, XLA rewrites it to ``x * rsqrt(y)`` in some compiled programs and not in others
+    (it depends on the chunk's shape and sharding), and the two differ in the last bits: results would then
+    depend on chunking and device count.
+    """
+    return jax.lax.rsqrt((1 - g) ** 2 + g**2 * tables.cum2[j])
+
+
+def cumulative_input(j: Item, params: CMRParams, tables: PowerTables, n: int) -> States:
+    r"""Cumulative sums over states of :math:`M^\top t^{IN}` after recalling item ``j``, in closed form.
+
+    With :math:`x = k - j`, :math:`P_k = G_k G_{k+1} / (1 + r)` and :math:`\lVert\cdot\rVert` the norm of
+    :math:`(1-\gamma) f_j + \gamma M f_j`:
+
+    * the row :math:`M^\top f_j` sums to :math:`G_x` for :math:`x \ge 0` (0 before ``j``);
+    * the column of :math:`M^\top M` sums to :math:`r^{-x} P_k` for :math:`x < 0` and to
+      :math:`r P_{j-1} + S_j G_{x+1}` for :math:`x \ge 0` (with :math:`G_{x+1} = 1 + r G_x`).
+
+    Each entry reads one power (:math:`r^{-x}` or :math:`G_x`) from a table, no sum over states.
+    Shapes as in :func:`recall_update_activations`.
+    """
+    dtype = tables.pw.dtype
+    g = jnp.asarray(params.gamma_ft, dtype)
+    j = jnp.asarray(j)
+    r, geo = tables.r, tables.geo
+    P = geo[: n + 1] * geo[1: n + 2] / (1 + r)
+    powers = jnp.concatenate([tables.pw[1:][::-1], geo[: n + 1]])  # [n + x] -> r**-x (x < 0), G_x (x >= 0)
+    x = _states(n, j.ndim) - j[None]
+    v = powers[n + x]
+    before = g * v * P.reshape((n + 1,) + (1,) * j.ndim)
+    c_prev = jnp.where(j > 0, r * P[jnp.maximum(j - 1, 0)], 0)  # r P_{j-1}: the sum up to k = j - 1
+    after = (1 - g) * v + g * (c_prev[None] + tables.cum2[j][None] * (1 + r * v))
+    return jnp.where(x < 0, before, after) * _inv_norm_in(g, j, tables)[None]
+
+
+def recall_update_cumulative(A: States, j: Item, params: CMRParams, tables: PowerTables, n: int) -> States:
+    r""":func:`recall_update_activations` on cumulative activations :math:`A_k = \sum_{l \le k} a_l`.
+
+    The update is linear, so :math:`A' = ((1-\beta_{rec}) A + \beta_{rec} \mathrm{cumsum}(M^\top t^{IN})) /
+    \rho` with the closed form of :func:`cumulative_input`; :math:`a_j = A_j - A_{j-1}` and
+    :math:`t_j = a_{j+1} - r a_j` (:func:`context_at`) give :math:`\rho`. Shapes as in
+    :func:`recall_update_activations`.
+    """
+    dtype = A.dtype
+    g = jnp.asarray(params.gamma_ft, dtype)
+    b = jnp.asarray(params.beta_rec, dtype)
+    j = jnp.asarray(j)
+    jm1 = jnp.maximum(j - 1, 0)
+    if j.ndim:
+        A3 = jnp.take_along_axis(A, jnp.stack([jm1, j, j + 1]), axis=0)
+    else:
+        A3 = jnp.stack([A[jm1], A[j], A[j + 1]])
+    a_j = A3[1] - jnp.where(j > 0, A3[0], 0)
+    t_j = (A3[2] - A3[1]) - tables.r * a_j
+    dot = ((1 - g) * t_j + g * a_j) * _inv_norm_in(g, j, tables)  # t . t_in
+    inv_rho = jax.lax.rsqrt((1 - b) ** 2 + b**2 + 2 * b * (1 - b) * dot)[None]  # see _inv_norm_in
+    return ((1 - b) * A + b * cumulative_input(j, params, tables, n)) * inv_rho

@@ -3,7 +3,8 @@ r"""Simulating CMR recall and its lag-CRP: one trial is a ``lax.scan``, everythi
 A trial starts from the cue :math:`s_0`, draws up to ``max_recalls`` (:math:`R` below) states by inverse CDF
 from :func:`cmrjax.model.recall_probabilities` (one uniform each) and stops at the absorbing state. Items can
 be recalled again (sampling with replacement). Each step costs O(list length): the simulation carries the
-activations only (:func:`cmrjax.model.recall_update_activations`).
+cumulative activations only (:func:`cmrjax.model.recall_update_cumulative`), which are the draw's unnormalised
+CDF, so no step sums over the states.
 
 Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``crp_paper``):
 
@@ -31,8 +32,10 @@ Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``c
   ``beta_enc``, low ``beta_rec``); ``benchmarks/bench_simulate.py`` measures it.
 
 In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
-such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run.
-``dtype="float64"`` removes it.
+such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run. The
+activations are read as differences of the carried cumulative ones, so they too are resolved to ~1e-7 of their
+sum (a next-item probability below that may read as a rounding error of either sign). ``dtype="float64"``
+removes both.
 
 Randomness: the key of parameter point ``i`` is ``fold_in(key, i)`` and of start ``s`` within it
 ``fold_in(point_key, s)``, so results do not depend on chunk size, device count or which points are
@@ -56,9 +59,9 @@ from cmrjax.model import (
     CMRParams,
     PowerTables,
     SimConfig,
-    initial_context,
+    initial_cumulative_activations,
     power_tables,
-    recall_update_activations,
+    recall_update_cumulative,
     validate_params,
 )
 
@@ -72,29 +75,6 @@ _HI = jax.lax.Precision.HIGHEST  # sums as dots must stay exact float32 on GPUs 
 def _sum0(x: jax.Array) -> jax.Array:
     """Sum over the leading axis as a dot product (XLA's CPU reduction over a major axis is slow)."""
     return jnp.tensordot(jnp.ones(x.shape[0], x.dtype), x, axes=1, precision=_HI)
-
-
-def _cumsum0(x: jax.Array) -> jax.Array:
-    """Cumulative sum over the leading axis, vectorised over the trailing axes.
-
-    Two levels (blocks of about sqrt(len)), each an unrolled chain of row additions: XLA lowers
-    ``jnp.cumsum`` to a window reduction whose cost grows with the square of the length, which dominated a
-    recall step.
-    """
-    S = x.shape[0]
-    batch = x.shape[1:]
-    bs = int(math.ceil(math.sqrt(S)))
-    nb = int(math.ceil(S / bs))
-    xb = jnp.pad(x, [(0, nb * bs - S)] + [(0, 0)] * len(batch)).reshape((nb, bs) + batch)
-    rows = [xb[:, 0]]
-    for k in range(1, bs):
-        rows.append(rows[-1] + xb[:, k])
-    within = jnp.stack(rows, axis=1)  # (nb, bs, *batch)
-    offsets = [jnp.zeros_like(within[0, -1])]
-    for k in range(1, nb):
-        offsets.append(offsets[-1] + within[k - 1, -1])
-    cdf = within + jnp.stack(offsets)[:, None]
-    return cdf.reshape((nb * bs,) + batch)[:S]
 
 
 def _tree_sum(x: jax.Array, axis: int) -> jax.Array:
@@ -128,7 +108,7 @@ class TrialResult(NamedTuple):
 
 
 class _Carry(NamedTuple):
-    a: jax.Array  # (n+1, *trials) activations M^T t along the item path (see context_at: t is not needed)
+    A: jax.Array  # (n+1, *trials) cumulative activations sum_{l<=k} (M^T t)_l along the item path
     prev: jax.Array  # (*trials) previous item of the path (the cue at first)
     alive: jax.Array  # (*trials) bool: the trial has not drawn the stop state yet
     n_recalls: jax.Array  # (*trials) int32
@@ -169,13 +149,13 @@ def simulate_trials(
     batch = uniforms.shape[1:]
     starts = jnp.broadcast_to(jnp.asarray(starts, jnp.int32), batch)
     d = jnp.arange(-m, m + 1).reshape((K,) + (1,) * len(batch))
-    _, a0 = initial_context(starts, tables, n, dtype)
+    A0 = initial_cumulative_activations(starts, tables, n).astype(dtype)
     rb = "rao_blackwell" in estimators
     tiny = jnp.finfo(dtype).tiny
 
     def step(c: _Carry, xs):
         u, k = xs  # k = 1..R
-        cdf = _cumsum0(c.a)
+        cdf = c.A  # the cumulative activations are the unnormalised CDF of the next draw
         total, items = cdf[n], cdf[n - 1]
         theta = u * total
         if rb:  # the item path goes on after the stop draw: rescale the uniform's remainder to the items
@@ -192,19 +172,21 @@ def simulate_trials(
         survive, path_counts, value = c.survive, c.path_counts, c.value
         if rb:
             has_items = items > 0
-            p_stop = jnp.where(has_items, c.a[n] / total, 1)
+            p_stop = jnp.where(has_items, (total - items) / total, 1)
             # stop integrated out: the trial ends here (k - 1 recalls, path_counts) with prob survive * p_stop
             value = value + jnp.where(k > 1, survive * p_stop / jnp.maximum(k - 1, 1), 0)[None] * path_counts
             survive = survive * (1 - p_stop)
             # control variate: (E[x | path so far] - x), weighted by survive / R (known before the draw)
             idx = c.prev[None] + d
             valid = (idx >= 0) & (idx < n)
-            a_win = jnp.where(valid, jnp.take_along_axis(c.a, jnp.clip(idx, 0, n), axis=0), 0)
+            upto = jnp.take_along_axis(cdf, jnp.clip(idx, 0, n), axis=0)
+            below = jnp.take_along_axis(cdf, jnp.clip(idx - 1, 0, n), axis=0)
+            a_win = jnp.where(valid, upto - jnp.where(idx > 0, below, 0), 0)  # activations a[prev + d]
             q = jnp.where(has_items[None], a_win / jnp.where(has_items, items, 1)[None], 0)
             value = value + (survive / R)[None] * (q - jnp.where(has_items[None], x, 0))
             path_counts = path_counts + x
         new = _Carry(
-            a=recall_update_activations(c.a, j, params, tables, n),
+            A=recall_update_cumulative(c.A, j, params, tables, n),
             prev=j,
             alive=recalled,
             n_recalls=c.n_recalls + recalled.astype(jnp.int32),
@@ -216,7 +198,7 @@ def simulate_trials(
         return new, (jnp.where(recalled, j, -1) if record else None)
 
     zeros = jnp.zeros((K,) + batch, dtype)
-    init = _Carry(a0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32), zeros, jnp.ones(batch, dtype),
+    init = _Carry(A0, starts, jnp.ones(batch, bool), jnp.zeros(batch, jnp.int32), zeros, jnp.ones(batch, dtype),
                   zeros, zeros)
     final, recalls = jax.lax.scan(step, init, (uniforms, jnp.arange(1, uniforms.shape[0] + 1, dtype=dtype)))
     value = final.value + final.survive[None] * final.path_counts / R if rb else final.value
@@ -324,6 +306,15 @@ def _chunk_from_budget(item_bytes: int, n_devices: int = 1, memory_bytes: float 
     return max(n_devices, (c // n_devices) * n_devices)
 
 
+def _rows_per_chunk(chunk: int, n_devices: int) -> int:
+    """A chunk size rounded up to a multiple of ``n_devices``, with at least two rows per device.
+
+    A one-row batch axis is simplified away at compile time into a different program, which ran the recall
+    step 1.5x slower on a 2-core CPU (7.8 against 12-13 M trial-steps/s at 4,000 trials per point).
+    """
+    return max(2 * n_devices, int(math.ceil(chunk / n_devices)) * n_devices)
+
+
 def _step_bytes(config: SimConfig, trials_side_by_side: int) -> int:
     """Working set of a scan step over that many trials: ~8 arrays of (states x trials)."""
     itemsize = 8 if config.dtype == "float64" else 4
@@ -423,8 +414,8 @@ def iter_simulate_chunks(
     nd = len(devices)
     corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
     # default: a memory budget, but never more than the points there are (padding is wasted work)
-    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(int((~corner).sum()), 1))
-    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+    chunk = _rows_per_chunk(chunk_size or min(default_chunk_size(config, trials, nd), max(int((~corner).sum()), 1)),
+                            nd)
     dtype = np.float64 if config.dtype == "float64" else np.float32
     config.jnp_dtype  # raises a clear error when float64 is asked for without x64
     sharding = _batch_sharding(devices, "points")
@@ -586,8 +577,7 @@ def estimator_variances(
     _check(trials, "rao_blackwell", "simulate")
     N = len(points)
     nd = len(jax.devices())
-    chunk = chunk_size or min(default_chunk_size(config, trials, nd), max(N, 1))
-    chunk = max(nd, int(math.ceil(chunk / nd)) * nd)
+    chunk = _rows_per_chunk(chunk_size or min(default_chunk_size(config, trials, nd), max(N, 1)), nd)
     dtype = np.float64 if config.dtype == "float64" else np.float32
     K = 2 * config.max_lag + 1
     vs, vr = np.empty((N, K)), np.empty((N, K))
@@ -599,11 +589,12 @@ def estimator_variances(
     return vs, vr
 
 
-def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int, match_trials: int = 1000,
-                    min_sd: float = 1e-5) -> np.ndarray:
+def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int | np.ndarray,
+                    match_trials: int = 1000, min_sd: float = 1e-5) -> np.ndarray:
     """Rao-Blackwellised trials per start whose variance matches ``match_trials`` sampled ones on every lag.
 
-    ``var_*`` are (N, lags) variances at ``trials`` per start (:func:`estimator_variances`). A lag needs
+    ``var_*`` are (N, lags) variances at ``trials`` per start (one count, or (N,) counts; see
+    :func:`estimator_variances`). A lag needs
     ``match_trials * var_rb / var_sampled``; a point the most any lag needs. Two guards against a pilot's noise:
     the sampled variance is taken as at least the Rao-Blackwellised one (conditioning never adds variance, so
     a smaller estimate is noise, as at a rare lag where the pilot saw no transition), which caps the count at
@@ -611,8 +602,9 @@ def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int,
     Returns (N,) float (unrounded).
     """
     vs, vr = np.asarray(var_sampled), np.asarray(var_rb)
-    target = np.maximum(np.maximum(vs, vr) * (trials / match_trials), min_sd**2)
-    return (vr * trials / target).max(axis=1)
+    T = np.asarray(trials, np.float64)[..., None]  # a count, or one per point
+    target = np.maximum(np.maximum(vs, vr) * (T / match_trials), min_sd**2)
+    return (vr * T / target).max(axis=1)
 
 
 def grid_points(beta_enc, beta_rec, gamma_ft) -> np.ndarray:

@@ -89,6 +89,18 @@ def test_counts_are_whole_units_from_the_pilot_up_and_follow_the_noise():
     assert t[0] < t[1]
 
 
+def test_the_recheck_tops_up_what_a_short_first_allocation_left_below_the_need():
+    """A first allocation of a quarter of the pilot's count must be topped up by the recheck (measured on all the
+    trials so far) to about what a 1,024-trial estimate of the variances asks for, and not far beyond it."""
+    from cmrjax.simulate import estimator_variances, trials_to_match
+
+    pts = np.array([[0.3, 0.6, 0.5], [0.9, 0.05, 0.1], [0.6, 0.2, 0.7]])
+    need = trials_to_match(*estimator_variances(jax.random.key(1), pts, trials=1024), trials=1024)
+    _, t = simulate_crp_adaptive(jax.random.key(0), pts, first_fraction=0.25)
+    assert np.all(t >= 0.85 * need), (t, need)
+    assert np.all(t <= 1.5 * need + 32), (t, need)
+
+
 def test_beta_rec_zero_points_are_exact_with_no_trials():
     """beta_rec = 0 takes the static-context closed form (0 trials); the paper's corner keeps gamma_ft = 0."""
     from cmrjax.closed_form import corner_crp_per_start, static_context_crp_per_start
@@ -118,7 +130,7 @@ def test_adaptive_crps_match_the_reference_grid_on_a_random_subset(ref_dir):
 
 
 @pytest.mark.parametrize("kw, match", [(dict(pilot_trials=0), "pilot_trials"), (dict(unit_trials=-1), "unit_trials"),
-                                       (dict(corners="nope"), "corners")])
+                                       (dict(corners="nope"), "corners"), (dict(first_fraction=0.0), "first_fraction")])
 def test_bad_arguments_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         simulate_crp_adaptive(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), **kw)

@@ -138,6 +138,34 @@ def test_activation_only_update_equals_the_full_context_update():
             np.testing.assert_allclose(np.asarray(a_only), np.asarray(a), atol=1e-12)
 
 
+@pytest.mark.parametrize("params", [(0.2, 0.7, 0.6), (1.0, 0.3, 0.5), (0.0, 0.4, 0.8), (0.9, 0.05, 0.0),
+                                    (0.6, 1.0, 1.0)])
+def test_cumulative_update_equals_the_cumsum_of_the_dense_update(params):
+    """The simulator's closed-form cumulative activations equal cumsum(M^T t) of the dense context update,
+    including r = 0 (beta_enc = 1) and r = 1 (beta_enc = 0), batched over trials."""
+    from cmrjax.model import cumulative_input, initial_cumulative_activations, recall_update_cumulative
+
+    n, p = 25, CMRParams(*params)
+    g = params[2]
+    with jax.enable_x64(True):
+        tables = power_tables(p.beta_enc, n, jnp.float64)
+        M = np.asarray(encoding_matrix(p.beta_enc, n, jnp.float64))
+        for j in [1, 2, 12, n - 1]:  # the input alone, against the dense t_in (item 0 is never recalled: a_0 = 0)
+            t_in = (1 - g) * np.eye(n + 1)[j] + g * M[:, j]
+            t_in /= np.linalg.norm(t_in)
+            np.testing.assert_allclose(np.asarray(cumulative_input(j, p, tables, n)), np.cumsum(M.T @ t_in),
+                                       atol=1e-12)
+        starts = jnp.array([3, 0, 19])
+        t, a = initial_context(starts, tables, n, jnp.float64)
+        A = initial_cumulative_activations(starts, tables, n)
+        np.testing.assert_allclose(np.asarray(A), np.cumsum(np.asarray(a), 0), atol=1e-12)
+        for j in ([4, 1, 20], [9, 1, 24], [2, 2, 2], [n - 1, 13, 1]):
+            j = jnp.array(j)
+            t, a = recall_update(t, a, j, p, tables, n)
+            A = recall_update_cumulative(A, j, p, tables, n)
+            np.testing.assert_allclose(np.asarray(A), np.cumsum(np.asarray(a), 0), atol=1e-12)
+
+
 def test_mismatched_batch_shapes_are_caught_by_the_runtime_shape_check():
     """The suite runs with jaxtyping + beartype on cmrjax (pyproject addopts): t has 3 trials, j has 4."""
     import jaxtyping
