@@ -44,24 +44,25 @@ import numpy as np
 
 from cmrjax.closed_form import is_corner
 from cmrjax.model import SimConfig, validate_params
-from cmrjax.simulate import (ESTIMATORS, CRPResult, _batch_sharding, _check, _chunk_from_budget, _corner_results, _point_moments,
-                             _rows_per_chunk, _static_results, _step_bytes, finish_moments, trials_to_match)
+from cmrjax.simulate import (ESTIMATORS, CRPResult, _batch_sharding, _check, _chunk_from_budget, _chunk_moments,
+                             _corner_results, _rows_per_chunk, _static_results, _step_bytes, finish_moments,
+                             trials_to_match)
 
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
 
 
-def _unit_moments(key, index, block, point, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
-    """Moment sums of one unit: (estimators, starts, 3 * lags + 1) (:func:`cmrjax.simulate.start_moments`)."""
-    bkey = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
-    return _point_moments(bkey, point, config, unit_trials, estimators)
+def _unit_key(key, index, block):
+    """The key of unit ``block`` of point ``index``."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
 
 
 @partial(jax.jit, static_argnames=("config", "unit_trials", "estimators"))
 def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
-    return jax.vmap(lambda i, b, p: _unit_moments(key, i, b, p, config, unit_trials, estimators))(
-        indices, blocks, points)
+    """Moment sums of a chunk of units: (units, estimators, starts, 3 * lags + 1)."""
+    keys = jax.vmap(lambda i, b: _unit_key(key, i, b))(indices, blocks)
+    return _chunk_moments(keys, points, config, unit_trials, estimators)
 
 
 class _UnitRunner:

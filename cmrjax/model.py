@@ -375,17 +375,11 @@ def cumulative_input(j: Item, params: CMRParams, tables: PowerTables, n: int) ->
     return jnp.where(x < 0, before, after) * _inv_norm_in(g, j, tables)[None]
 
 
-def recall_update_cumulative(A: States, j: Item, params: CMRParams, tables: PowerTables, n: int) -> States:
-    r""":func:`recall_update_activations` on cumulative activations :math:`A_k = \sum_{l \le k} a_l`.
-
-    The update is linear, so :math:`A' = ((1-\beta_{rec}) A + \beta_{rec} \mathrm{cumsum}(M^\top t^{IN})) /
-    \rho` with the closed form of :func:`cumulative_input`; :math:`a_j = A_j - A_{j-1}` and
-    :math:`t_j = a_{j+1} - r a_j` (:func:`context_at`) give :math:`\rho`. Shapes as in
-    :func:`recall_update_activations`.
+def cumulative_step(A: States, j: Item, C_j: States, inv_norm_j, r, beta_rec, gamma_ft) -> States:
+    r"""The update of :func:`recall_update_cumulative` given the cumulative input ``C_j`` of item ``j`` and
+    :math:`1/\lVert\cdot\rVert` (``inv_norm_j``); ``r``, ``beta_rec``, ``gamma_ft`` are scalars or per-trial
+    arrays. The simulator reads ``C_j`` from a table of :func:`cumulative_input_table` instead of computing it.
     """
-    dtype = A.dtype
-    g = jnp.asarray(params.gamma_ft, dtype)
-    b = jnp.asarray(params.beta_rec, dtype)
     j = jnp.asarray(j)
     jm1 = jnp.maximum(j - 1, 0)
     if j.ndim:
@@ -393,7 +387,38 @@ def recall_update_cumulative(A: States, j: Item, params: CMRParams, tables: Powe
     else:
         A3 = jnp.stack([A[jm1], A[j], A[j + 1]])
     a_j = A3[1] - jnp.where(j > 0, A3[0], 0)
-    t_j = (A3[2] - A3[1]) - tables.r * a_j
-    dot = ((1 - g) * t_j + g * a_j) * _inv_norm_in(g, j, tables)  # t . t_in
+    t_j = (A3[2] - A3[1]) - r * a_j
+    g, b = jnp.asarray(gamma_ft), jnp.asarray(beta_rec)
+    dot = ((1 - g) * t_j + g * a_j) * inv_norm_j  # t . t_in
     inv_rho = jax.lax.rsqrt((1 - b) ** 2 + b**2 + 2 * b * (1 - b) * dot)[None]  # see _inv_norm_in
-    return ((1 - b) * A + b * cumulative_input(j, params, tables, n)) * inv_rho
+    b_states = b[None] if jnp.ndim(b) else b  # per-trial values broadcast over the states
+    return ((1 - b_states) * A + b_states * C_j) * inv_rho
+
+
+def recall_update_cumulative(A: States, j: Item, params: CMRParams, tables: PowerTables, n: int) -> States:
+    r""":func:`recall_update_activations` on cumulative activations :math:`A_k = \sum_{l \le k} a_l`.
+
+    The update is linear, so :math:`A' = ((1-\beta_{rec}) A + \beta_{rec} \mathrm{cumsum}(M^\top t^{IN})) /
+    \rho` with the closed form of :func:`cumulative_input`; :math:`a_j = A_j - A_{j-1}` and
+    :math:`t_j = a_{j+1} - r a_j` (:func:`context_at`) give :math:`\rho` (:func:`cumulative_step`). Shapes as in
+    :func:`recall_update_activations`.
+    """
+    dtype = A.dtype
+    g = jnp.asarray(params.gamma_ft, dtype)
+    b = jnp.asarray(params.beta_rec, dtype)
+    return cumulative_step(A, j, cumulative_input(j, params, tables, n), _inv_norm_in(g, jnp.asarray(j), tables),
+                           tables.r, b, g)
+
+
+def cumulative_input_table(params: CMRParams, tables: PowerTables, n: int) -> tuple[Array, Array]:
+    """:func:`cumulative_input` of every item as rows, (n, n+1), and the matching ``1 / norm`` (n,).
+
+    Item 0 is never recalled (:math:`a_0 = 0`); its row is 0 where its norm is (``gamma_ft`` = 1).
+    """
+    dtype = tables.pw.dtype
+    g = jnp.asarray(params.gamma_ft, dtype)
+    items = jnp.arange(n)
+    sq = (1 - g) ** 2 + g**2 * tables.cum2[items]
+    ok = sq > 0
+    rows = jnp.where(ok[:, None], cumulative_input(items, params, tables, n).T, 0)
+    return rows, jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1)), 0)
