@@ -155,6 +155,24 @@ def test_same_seed_gives_identical_crps_for_any_chunk_size_and_device_count():
     assert len(jax.devices()) >= 2, "conftest sets 4 host devices; sharding is not being exercised"
 
 
+def test_the_accelerator_layout_gives_the_cpu_results(monkeypatch):
+    """On accelerators the points of a chunk are vmapped and all starts run at once; on CPUs points run one after
+    another in blocks of starts. Same keys, same trials: the CRPs agree to float32 rounding (the accelerator
+    branch is traced here on the CPU, after clearing the compilation caches)."""
+    pts = np.random.default_rng(3).uniform(0.05, 0.95, (5, 3))
+    config = SimConfig(list_length=37, n_starts=4, max_recalls=15)
+    for est in ("sampled", "rao_blackwell"):
+        cpu = simulate_crp(jax.random.key(2), pts, config=config, trials=300, estimator=est, chunk_size=2,
+                           devices=jax.devices()[:1]).crp
+        with monkeypatch.context() as m:
+            m.setattr(jax, "default_backend", lambda: "gpu")
+            jax.clear_caches()
+            acc = simulate_crp(jax.random.key(2), pts, config=config, trials=300, estimator=est, chunk_size=2,
+                               devices=jax.devices()[:1]).crp
+        jax.clear_caches()
+        np.testing.assert_allclose(acc, cpu, atol=2e-6)
+
+
 def test_a_second_call_with_the_same_shapes_does_not_recompile():
     pts = np.array([[0.2, 0.3, 0.1], [0.5, 0.5, 0.5]])
     config = SimConfig(list_length=30, n_starts=2, max_recalls=10)
