@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--trials", default="1000", metavar="N|auto",
                    help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
                    "per point, as many as match the sampled estimator's precision at --match-trials on every "
-                   "lag, measured by a pilot run whose trials count towards the estimate")
+                   "lag, measured by a pilot run and checked again on all trials before a top-up (every trial "
+                   "counts towards the estimate)")
     p.add_argument("--match-trials", type=int, default=1000,
                    help="--trials auto: the sampled trial count whose precision to match (default 1000)")
     p.add_argument("--pilot-trials", type=int, default=32,
