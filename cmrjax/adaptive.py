@@ -72,8 +72,8 @@ class _UnitRunner:
         self.key, self.config, self.tb = key, config, unit_trials
         self.devices = list(jax.devices()) if devices is None else list(devices)
         nd = len(self.devices)
-        self.chunk = _rows_per_chunk(chunk or _chunk_from_budget(_step_bytes(config, config.n_starts * unit_trials), nd),
-                                     nd)
+        budget = _chunk_from_budget(_step_bytes(config, config.n_starts * unit_trials), nd)
+        self.chunk = _rows_per_chunk(chunk or budget, nd)
         self.sharding = _batch_sharding(self.devices, "units")
         self.dtype = np.float64 if config.dtype == "float64" else np.float32
 
