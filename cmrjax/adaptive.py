@@ -46,7 +46,7 @@ from cmrjax.closed_form import is_corner
 from cmrjax.model import SimConfig, validate_params
 from cmrjax.simulate import (ESTIMATORS, CRPResult, _batch_sharding, _check, _chunk_from_budget, _chunk_moments,
                              _corner_results, _rows_per_chunk, _static_results, _step_bytes, finish_moments,
-                             trials_to_match)
+                             lane_multiple, trials_to_match)
 
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
@@ -58,11 +58,23 @@ def _unit_key(key, index, block):
     return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
 
 
-@partial(jax.jit, static_argnames=("config", "unit_trials", "estimators"))
-def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...]):
-    """Moment sums of a chunk of units: (units, estimators, starts, 3 * lags + 1)."""
-    keys = jax.vmap(lambda i, b: _unit_key(key, i, b))(indices, blocks)
-    return _chunk_moments(keys, points, config, unit_trials, estimators)
+@partial(jax.jit, static_argnames=("config", "unit_trials", "estimators", "mesh"))
+def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...],
+                 mesh=None):
+    """Moment sums of a chunk of units: (units, estimators, starts, 3 * lags + 1).
+
+    With a ``mesh``, each device runs the same program on its share of the units (``shard_map``), so results
+    do not depend on the device count."""
+
+    def local(indices, blocks, points):
+        keys = jax.vmap(lambda i, b: _unit_key(key, i, b))(indices, blocks)
+        return _chunk_moments(keys, points, config, unit_trials, estimators)
+
+    if mesh is None:
+        return local(indices, blocks, points)
+    spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+        indices, blocks, points)
 
 
 class _UnitRunner:
@@ -73,7 +85,7 @@ class _UnitRunner:
         self.devices = list(jax.devices()) if devices is None else list(devices)
         nd = len(self.devices)
         budget = _chunk_from_budget(_step_bytes(config, config.n_starts * unit_trials), nd)
-        self.chunk = _rows_per_chunk(chunk or budget, nd)
+        self.chunk = _rows_per_chunk(chunk or budget, nd, lane_multiple())
         self.sharding = _batch_sharding(self.devices, "units")
         self.dtype = np.float64 if config.dtype == "float64" else np.float32
 
@@ -90,7 +102,8 @@ class _UnitRunner:
                       jnp.asarray(points[sel].astype(self.dtype))]
             if self.sharding is not None:
                 arrays = [jax.device_put(a, self.sharding) for a in arrays]
-            m = _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators)
+            m = _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators,
+                             mesh=None if self.sharding is None else self.sharding.mesh)
             out[lo:hi] = np.asarray(m, np.float64)[: hi - lo]
         return out
 
