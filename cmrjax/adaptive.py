@@ -51,6 +51,8 @@ from cmrjax.simulate import (ESTIMATORS, CRPResult, _batch_sharding, _check, _ch
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
+#: share of the pilot's count allocated before the recheck (step 3)
+FIRST_FRACTION = 0.8
 
 
 def _unit_key(key, index, block):
@@ -126,7 +128,7 @@ def iter_simulate_adaptive(
     max_trials: int = 4096,
     min_sd: float = 1e-5,
     recheck: bool = True,
-    first_fraction: float = 0.8,
+    first_fraction: float = FIRST_FRACTION,
     corners: str = "closed_form",
     group_size: int = 1024,
     indices: np.ndarray | None = None,
@@ -200,7 +202,7 @@ def simulate_crp_adaptive(
     max_trials: int = 4096,
     min_sd: float = 1e-5,
     recheck: bool = True,
-    first_fraction: float = 0.8,
+    first_fraction: float = FIRST_FRACTION,
     corners: str = "closed_form",
     chunk_size: int | None = None,
     devices: list | None = None,

@@ -11,9 +11,6 @@ import numpy as np
 
 from cmrjax.cli import CLIError
 
-#: --trials auto: share of the pilot's count allocated before the recheck (cmrjax.adaptive, step 3)
-FIRST_FRACTION = 0.8
-
 
 def _floats(text: str) -> list[float]:
     try:
@@ -132,7 +129,7 @@ def run(args) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    from cmrjax.adaptive import iter_simulate_adaptive
+    from cmrjax.adaptive import FIRST_FRACTION, iter_simulate_adaptive
     from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
     from cmrjax.simulate import iter_simulate_chunks
 

@@ -614,8 +614,9 @@ def finish_moments(moments: np.ndarray, trials) -> tuple[np.ndarray, np.ndarray,
     return crp, sem, var_s.sum(-2) / S**2
 
 
-#: Units (points' batches of trials) simulated side by side as one flat batch on CPUs: 4 x 320 trials ran 1.15x
-#: faster than a ``vmap`` over units (2-core CPU). The width is fixed, so results do not depend on the chunk.
+#: Units (points' batches of trials) simulated side by side as one flat batch on CPUs: lanes of 4 x 320 trials
+#: ran 1.3x faster than a ``vmap`` over units (13.7 against 10.0-10.3 M recall steps/s on a 2-core CPU; lanes of
+#: 2 and 8 were slower). The width is fixed, so results do not depend on the chunk.
 CPU_LANE = 4
 
 
@@ -643,20 +644,10 @@ def _chunk_moments(pkeys, points, config: SimConfig, trials: int, estimators: tu
     trials: (points, estimators, starts, 3 * lags + 1).
 
     On CPUs the points run in lanes of :data:`CPU_LANE` (one after another; the chunk must hold a multiple of
-    it, :func:`lane_multiple`); on accelerators they are ``vmap``-ped, all reading one table of the chunk."""
+    it, :func:`lane_multiple`); on accelerators they are ``vmap``-ped."""
     U = points.shape[0]
-    if jax.default_backend() != "cpu":  # vmapped points, all reading one table of the chunk
-        dtype = config.jnp_dtype
-        S = config.n_starts
-        starts = jnp.repeat(jnp.arange(S, dtype=jnp.int32), trials)
-        pt = point_tables(points, config.list_length, dtype)
-
-        def one(i, pkey):
-            res = simulate_points(_uniforms(pkey, config, trials, jnp.arange(S), dtype), starts,
-                                  jnp.full(S * trials, i, jnp.int32), pt, config, estimators=estimators)
-            return jnp.stack([start_moments(per_trial_values(res, e), S, trials) for e in estimators])
-
-        return jax.vmap(one)(jnp.arange(U, dtype=jnp.int32), pkeys)
+    if jax.default_backend() != "cpu":  # every point its own batch, all of them vmapped
+        return jax.vmap(lambda k, p: _lane_moments(k[None], p[None], config, trials, estimators)[0])(pkeys, points)
     if U % CPU_LANE:
         raise ValueError(f"a chunk of {U} points is not a whole number of lanes of {CPU_LANE}")
     lanes = (pkeys.reshape(U // CPU_LANE, CPU_LANE), points.reshape(U // CPU_LANE, CPU_LANE, 3))

@@ -157,7 +157,7 @@ def test_same_seed_gives_identical_crps_for_any_chunk_size_and_device_count():
 
 def test_the_accelerator_layout_gives_the_cpu_results(monkeypatch):
     """On accelerators the points of a chunk are vmapped and all starts run at once; on CPUs points run one after
-    another in blocks of starts. Same keys, same trials: the CRPs agree to float32 rounding (the accelerator
+    another in blocks of starts (fixed-count path) or in lanes (adaptive moments). Same keys, same trials: the CRPs agree to float32 rounding (the accelerator
     branch is traced here on the CPU, after clearing the compilation caches)."""
     pts = np.random.default_rng(3).uniform(0.05, 0.95, (5, 3))
     config = SimConfig(list_length=37, n_starts=4, max_recalls=15)
@@ -171,6 +171,15 @@ def test_the_accelerator_layout_gives_the_cpu_results(monkeypatch):
                                devices=jax.devices()[:1]).crp
         jax.clear_caches()
         np.testing.assert_allclose(acc, cpu, atol=2e-6)
+    # the adaptive path's moments (lanes of points on CPUs, vmapped points on accelerators)
+    cpu = estimator_variances(jax.random.key(4), pts, config=config, trials=32)
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")
+        jax.clear_caches()
+        acc = estimator_variances(jax.random.key(4), pts, config=config, trials=32)
+    jax.clear_caches()
+    for a, c in zip(acc, cpu):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-12)
 
 
 def test_a_second_call_with_the_same_shapes_does_not_recompile():
