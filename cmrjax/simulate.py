@@ -22,15 +22,25 @@ Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``c
   2. add the control variate :math:`\sum_k (W_k / R) (q_k - x_k)`, where :math:`x_k` is the path's lag
      indicator at step :math:`k` and :math:`q_k` its distribution given the path so far (the whole next-item
      distribution over the window: the Rao-Blackwellised step). Its weight is known before step :math:`k`'s
-     draw, so its mean is exactly zero.
+     draw, so its mean is exactly zero;
+  3. add a one-step look-ahead control variate, :math:`\sum_k (W_k / R) (E[h_k] - h_k)` with
+     :math:`h_k(d) = (1 - \beta_{rec})\, a_{j_k + d} / \sum_{i<n} a_i` when the draw :math:`j_k` lies in the
+     window around the previous item (else 0), :math:`a` the activations before the draw. :math:`h_k`
+     approximates the next step's :math:`q_{k+1}` as if the context did not move, so it cancels most of the
+     noise that the draw's position adds to the next step; its conditional mean is a local autocorrelation of
+     the activations, :math:`\sum_{|i| \le m} q_k(i)\, a_{j_{k-1} + i + d}`, so the term has mean exactly
+     zero whatever the approximation's quality (2 x 17 x 17 products per step; measured: the variance of the
+     hardest entries, high ``beta_enc`` with low ``beta_rec``, drops 2-3x).
 
   Where the stop state is never drawn this is the Rao-Blackwellised counts over :math:`R`. Dividing the
   Rao-Blackwellised counts by the sampled :math:`N` instead (an earlier version) is biased wherever trials
   stop early, because a step's draw changes how soon the trial ends (measured: up to 0.005 in an entry near
   ``beta_rec`` = 0.95, ``gamma_ft`` = 0, where trials reach the end of the list); unbiasedness is tested in
-  float64 at such points. The estimator removes the noise of the draws and of the trial's length, not that of
-  the context path, so the trials it saves vary across the grid from ~30x (``beta_enc`` <= 0.3) to ~1.3x (high
-  ``beta_enc``, low ``beta_rec``); ``benchmarks/bench_simulate.py`` measures it.
+  float64 at such points. The estimator removes the noise of the draws, of the trial's length and most of the
+  draws' effect on the next step, not that of the context's drift. Against 1,000 sampled trials, the paper's
+  grid needs from 32 Rao-Blackwellised trials or fewer (most points with ``beta_enc`` <= 0.3) to 220-350 (high
+  ``beta_enc`` with low ``beta_rec``) and ~650 (``beta_enc`` = 0.05, ``beta_rec`` >= 0.85, ``gamma_ft`` = 0,
+  where trials end early); ``benchmarks/bench_simulate.py`` measures it.
 
 In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
 such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run. The
@@ -209,6 +219,8 @@ def simulate_points(
     K = 2 * m + 1
     B = uniforms.shape[1]
     d = jnp.arange(-m, m + 1)[:, None]
+    d2 = jnp.arange(-2 * m, 2 * m + 1)[:, None]
+    d2x = jnp.arange(-2 * m - 1, 2 * m + 1)[:, None]
     r, b, g = pt.r[point], pt.beta_rec[point], pt.gamma_ft[point]  # (B,) per trial
     base = point * n  # row of item 0 in pt.rows
     A0 = pt.geo[(point * (n + 2))[None] + jnp.maximum(jnp.arange(n + 1)[:, None] - starts[None], 0)]
@@ -238,14 +250,17 @@ def simulate_points(
             # stop integrated out: the trial ends here (k - 1 recalls, path_counts) with prob survive * p_stop
             value = value + jnp.where(k > 1, survive * p_stop / jnp.maximum(k - 1, 1), 0)[None] * path_counts
             survive = survive * (1 - p_stop)
-            # control variate: (E[x | path so far] - x), weighted by survive / R (known before the draw)
-            idx = c.prev[None] + d
-            valid = (idx >= 0) & (idx < n)
-            upto = jnp.take_along_axis(cdf, jnp.clip(idx, 0, n), axis=0)
-            below = jnp.take_along_axis(cdf, jnp.clip(idx - 1, 0, n), axis=0)
-            a_win = jnp.where(valid, upto - jnp.where(idx > 0, below, 0), 0)  # activations a[prev + d]
-            q = jnp.where(has_items[None], a_win / jnp.where(has_items, items, 1)[None], 0)
-            value = value + (survive / R)[None] * (q - jnp.where(has_items[None], x, 0))
+            # control variates, weighted by survive / R (known before the draw): E[x | path so far] - x, and the
+            # same for the next step's window activations as if the context stayed (see the module docstring)
+            e = c.prev[None] + d2  # states prev - 2m .. prev + 2m
+            G = jnp.take_along_axis(cdf, jnp.clip(c.prev[None] + d2x, 0, n), axis=0)  # A at prev - 2m - 1 .. prev + 2m
+            a_win2 = jnp.where((e >= 0) & (e < n), G[1:] - jnp.where(e > 0, G[:-1], 0), 0)  # item activations there
+            inv_items = 1 / jnp.where(has_items, items, 1)
+            y = jnp.where(has_items[None], a_win2[m: 3 * m + 1] * inv_items[None] - x, 0)  # q - x
+            # computed once: XLA would otherwise re-gather a_win2 inside each of the K products below
+            y_, a_ = jax.lax.optimization_barrier((y, a_win2))
+            look = sum(y_[i][None] * a_[i: i + K] for i in range(K))  # sum_i (q_i - x_i) a[prev + i + d]
+            value = value + (survive / R)[None] * (y + ((1 - b) * inv_items)[None] * look)
             path_counts = path_counts + x
         new = _Carry(
             A=cumulative_step(c.A, j, jnp.take(pt.rows, base + j, axis=0).T, pt.inv_norm[base + j], r, b, g),
