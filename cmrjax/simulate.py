@@ -257,9 +257,7 @@ def simulate_points(
             a_win2 = jnp.where((e >= 0) & (e < n), G[1:] - jnp.where(e > 0, G[:-1], 0), 0)  # item activations there
             inv_items = 1 / jnp.where(has_items, items, 1)
             y = jnp.where(has_items[None], a_win2[m: 3 * m + 1] * inv_items[None] - x, 0)  # q - x
-            # computed once: XLA would otherwise re-gather a_win2 inside each of the K products below
-            y_, a_ = jax.lax.optimization_barrier((y, a_win2))
-            look = sum(y_[i][None] * a_[i: i + K] for i in range(K))  # sum_i (q_i - x_i) a[prev + i + d]
+            look = sum(y[i][None] * a_win2[i: i + K] for i in range(K))  # sum_i (q_i - x_i) a[prev + i + d]
             value = value + (survive / R)[None] * (y + ((1 - b) * inv_items)[None] * look)
             path_counts = path_counts + x
         new = _Carry(
