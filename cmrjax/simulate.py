@@ -28,9 +28,10 @@ Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``c
      window around the previous item (else 0), :math:`a` the activations before the draw. :math:`h_k`
      approximates the next step's :math:`q_{k+1}` as if the context did not move, so it cancels most of the
      noise that the draw's position adds to the next step; its conditional mean is a local autocorrelation of
-     the activations, :math:`\sum_{|i| \le m} q_k(i)\, a_{j_{k-1} + i + d}`, so the term has mean exactly
-     zero whatever the approximation's quality (2 x 17 x 17 products per step; measured: the variance of the
-     hardest entries, high ``beta_enc`` with low ``beta_rec``, drops 2-3x).
+     the activations, :math:`(1 - \beta_{rec}) \sum_{|i| \le m} q_k(i)\, a_{j_{k-1} + i + d} / \sum_{i<n} a_i`,
+     so the term has mean exactly zero whatever the approximation's quality. Both come from one sum of
+     17 x 17 products per trial and step, :math:`\sum_i (q_k(i) - x_k(i))\, a_{j_{k-1} + i + d}`; measured:
+     the variance of the hardest entries, high ``beta_enc`` with low ``beta_rec``, drops 2-3x.
 
   Where the stop state is never drawn this is the Rao-Blackwellised counts over :math:`R`. Dividing the
   Rao-Blackwellised counts by the sampled :math:`N` instead (an earlier version) is biased wherever trials
