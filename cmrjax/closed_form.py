@@ -110,8 +110,8 @@ def static_context_crp_per_start(beta_enc: float, starts: np.ndarray, n: int, ma
     m = np.arange(1, max_recalls + 1)
     keep = (1.0 - stop)[:, None] ** m  # (starts, R): P(N >= m)
     p_n = keep * np.where(m < max_recalls, stop[:, None], 1.0)  # P(N = m)
-    value = (p_n / m) @ np.ones(max_recalls)  # sum_m P(N=m)/m
-    value_rest = (p_n * (m - 1) / m) @ np.ones(max_recalls)  # sum_m P(N=m)(m-1)/m
+    value = (p_n / m).sum(axis=1)  # sum_m P(N=m)/m
+    value_rest = (p_n * (m - 1) / m).sum(axis=1)  # sum_m P(N=m)(m-1)/m
     crp = value[:, None] * P1 + value_rest[:, None] * P2
     tot = crp.sum(axis=1, keepdims=True)
     return np.divide(crp, tot, out=np.zeros_like(crp), where=tot > 0)
