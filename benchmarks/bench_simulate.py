@@ -11,10 +11,14 @@ Sections (each prints a table):
 3. full grid: the whole 20 x 21 x 11 paper grid at the paper's precision with the Rao-Blackwellised estimator
    and per-point trial counts from a pilot run (``--uniform``: also with one count for all points), timed end
    to end, and compared with the reference grid when it is present.
+4. (``--allocation``) how well ``--trials auto`` sizes its counts: at random grid points, the counts it
+   chooses against the counts that 1,024 trials per start ask for, for stratified units (the default) and
+   for independent trials.
 
 Usage:
     python benchmarks/bench_simulate.py                  # CPU, about 5 minutes on 2 cores (--uniform: +7)
     python benchmarks/bench_simulate.py --quick          # smaller, about 1 minute
+    python benchmarks/bench_simulate.py --skip-grid --allocation   # sections 1, 2 and 4
     python benchmarks/bench_simulate.py --gpu            # the full paper grid on the default GPU, timed
 """
 
@@ -123,10 +127,17 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-grid", action="store_true", help="skip section 3")
     ap.add_argument("--uniform", action="store_true",
                     help="section 3: also run the full grid with one uniform trial count (the maximum needed)")
+    ap.add_argument("--allocation", action="store_true", help="section 4: check the per-point counts (+2 min)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX CPU devices (default: one per core, as `cmrjax simulate`; 1: JAX's default)")
     args = ap.parse_args(argv)
 
     import jax
+
+    from cmrjax.devices import use_cpu_cores
+
+    use_cpu_cores(args.cpu_devices)
 
     from cmrjax.io import paper_axes
     from cmrjax.model import SimConfig
@@ -196,18 +207,26 @@ def main(argv=None) -> int:
     study = study[rng.choice(len(study), n_pts, replace=False)]
     from cmrjax.simulate import estimator_variances, trials_to_match
 
-    vs, vr = estimator_variances(jax.random.key(1), study, trials=1000)  # both estimators, same trials
-    need = np.ceil(trials_to_match(vs, vr, trials=1000, match_trials=1000))  # lags with SD < 1e-5 ignored
-    q = np.quantile(need, [0.5, 0.9, 1.0])
+    T2 = 1024
+    vs, vr = estimator_variances(jax.random.key(1), study, trials=T2)  # both estimators, same trials
+    need = np.ceil(trials_to_match(vs, vr, trials=T2, match_trials=1000))  # lags with SD < 1e-5 ignored
+    # the same in stratified units of 16 trials per start (as --trials auto draws them): variance across units
+    vs16, vr16 = estimator_variances(jax.random.key(1), study, trials=T2, unit_trials=16)
+    need16 = np.ceil(trials_to_match(vs16, vr16, trials=T2, match_trials=1000))
     sampled_total = n_grid * 20 * 1000 * steps_per_trial
-    uniform_total = n_grid * 20 * q[2] * steps_per_trial
-    adaptive_total = n_grid * 20 * need.mean() * steps_per_trial
+    rows = []
+    for label, nd in (("independent trials", need), ("stratified units of 16", need16)):
+        q = np.quantile(nd, [0.5, 0.9, 1.0])
+        rows.append([label, f"{q[0]:.0f}", f"{q[1]:.0f}", f"{q[2]:.0f}", f"{nd.mean():.0f}",
+                     f"{sampled_total / (n_grid * 20 * q[2] * steps_per_trial):.1f}x",
+                     f"{sampled_total / (n_grid * 20 * nd.mean() * steps_per_trial):.1f}x"])
+    q = np.quantile(need, [0.5, 0.9, 1.0])
     print(f"2. Precision at {n_pts} random grid points: Rao-Blackwellised trials per start whose Monte Carlo SD "
-          "matches 1,000 sampled trials on every lag (per-trial influence variances, 1,000 trials of each)")
-    table([[f"{q[0]:.0f}", f"{q[1]:.0f}", f"{q[2]:.0f}", f"{need.mean():.0f}",
-            f"{sampled_total / uniform_total:.1f}x", f"{sampled_total / adaptive_total:.1f}x"]],
-          ["median", "90%", "max", "mean", "work saved (uniform T = max)", "(per-point T)"])
-    results["precision"] = dict(points=study.tolist(), trials_needed=need.tolist())
+          f"matches 1,000 sampled trials on every lag (influence variances from {T2:,} trials of each estimator)")
+    table(rows, ["Rao-Blackwellised trials", "median", "90%", "max", "mean", "work saved (uniform T = max)",
+                 "(per-point T)"])
+    results["precision"] = dict(points=study.tolist(), trials_needed=need.tolist(),
+                                trials_needed_stratified=need16.tolist())
     chosen = args.rb_trials or int(min(1000, q[2]))
     print(f"   -> a uniform count would need {chosen} trials per start (section 3 with --uniform; override: "
           "--rb-trials); per-point counts are what `--trials auto` uses\n")
@@ -259,9 +278,39 @@ def main(argv=None) -> int:
                   "apart)")
             results["full_grid_uniform"] = dict(trials=chosen, seconds=grid_s, compile_s=compile_s,
                                                 **compare(res, "uniform"))
+    if args.allocation:
+        results["allocation"] = allocation_check(grid, n_pts=32 if args.quick else 96)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
+    """Section 4: the counts ``--trials auto`` chooses against the need measured on 1,024 trials per start."""
+    import jax
+
+    from cmrjax.adaptive import simulate_crp_adaptive
+    from cmrjax.simulate import estimator_variances, trials_to_match
+
+    rng = np.random.default_rng(seed)
+    pts = grid[grid[:, 1] > 0]  # beta_rec = 0 is exact (no trials)
+    pts = pts[rng.choice(len(pts), n_pts, replace=False)]
+    rows, out = [], {}
+    for label, stratify in (("stratified units of 16", True), ("independent trials", False)):
+        vs, vr = estimator_variances(jax.random.key(5), pts, trials=1024, unit_trials=16 if stratify else None)
+        need = trials_to_match(vs, vr, trials=1024)
+        t0 = time.perf_counter()
+        _, got = simulate_crp_adaptive(jax.random.key(0), pts, stratify=stratify)
+        seconds = time.perf_counter() - t0
+        r = got / np.maximum(need, 1e-9)
+        rows.append([label, f"{need.mean():.1f}", f"{got.mean():.1f}", f"{got.sum() / need.sum():.2f}x",
+                     f"{np.mean(r < 0.9):.1%}", f"{np.mean(r < 0.75):.1%}", f"{r.min():.2f}", f"{seconds:.1f}"])
+        out[label] = dict(need_mean=float(need.mean()), trials_mean=float(got.mean()),
+                          below_0_9=float(np.mean(r < 0.9)), below_0_75=float(np.mean(r < 0.75)), seconds=seconds)
+    print(f"4. Per-point counts of --trials auto at {n_pts} random grid points against the need that 1,024 trials "
+          "per start measure (mean trials per start; points whose count is below 0.9x / 0.75x their need)")
+    table(rows, ["design", "need", "chosen", "work / need", "< 0.9x", "< 0.75x", "min ratio", "seconds"])
+    return out
 
 
 if __name__ == "__main__":

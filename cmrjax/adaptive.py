@@ -5,16 +5,33 @@ across the paper's grid from a handful (low ``beta_enc``) to several hundred (hi
 ``beta_rec``; ``benchmarks/bench_simulate.py`` measures it). :func:`simulate_crp_adaptive` therefore gives each
 point its own count, and runs every point in *units* of ``unit_trials`` trials per start:
 
-1. a pilot of ``pilot_trials`` per start runs both estimators on the same trials and measures, for every CRP
-   entry, the Monte Carlo variance of each (per-trial influences of the per-start normalisation, accumulated
-   as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
+0. with ``stratify`` (the default), a unit draws each start's trials as a Latin hypercube: at every step, its
+   ``unit_trials`` uniforms fall one in each of ``unit_trials`` equal strata, in a random order
+   (:func:`cmrjax.simulate._uniforms`). Every trial is still distributed as an independent one, so the estimate
+   keeps its expectation, but where the draws land is balanced across the unit. Where the context drifts
+   slowly (high ``beta_enc``, low ``beta_rec``), what the Rao-Blackwellised estimator leaves is mostly the sum
+   of many small effects of single draws, which this balances out: measured at 40 random grid points
+   (``benchmarks/bench_simulate.py``, section 2), the trials needed fall from a mean of 86 to 59 per start
+   (median 46 to 28). The far lags (+-8), whose rare transitions set most points' counts, gain least. The
+   trials of a unit are not independent, so the Rao-Blackwellised variance is measured across units
+   (independent replicates; moments of the unit means summed in float64,
+   :func:`cmrjax.simulate.batch_moments`), and capped at ``unit_trials / (unit_trials - 1)`` times the
+   variance of independent trials measured on the same trials, which a Latin hypercube never exceeds in
+   expectation (Owen 1997). The sampled estimator's variance, the target, is that of independent trials, which
+   every trial's own distribution gives;
+1. a pilot of ``pilot_trials`` per start (at least two units) runs both estimators on the same trials and
+   measures, for every CRP entry, the Monte Carlo variance of each (per-trial influences of the per-start
+   normalisation, accumulated as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
 2. each point gets as many further units as make the Rao-Blackwellised variance at most the sampled one at
    ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`), times ``first_fraction``;
 3. with ``recheck``, the variances are measured again on all of the point's trials so far (every unit runs
    both estimators) and the point is topped up to the count they ask for. A 32-trial pilot's estimate is
-   noisy and its maximum over lags biased upwards: measured on 96 random points of the paper's grid against
-   the counts that 1,024 trials per start ask for, the pilot alone spent 1.27x the needed work (0.5% of the
-   points ended below 0.9x their need), the recheck 1.16-1.17x (0-0.3%);
+   noisy and its maximum over lags biased upwards. Measured on 96 random points of the paper's grid against
+   the counts that 1,024 trials per start ask for (``bench_simulate.py --allocation``): with stratified units,
+   a mean of 72 trials per start against a need of 51 (1.41x the needed work, much of it the pilot's floor of
+   32 at points that need fewer), 3% of the points below 0.9x their need and 1% below 0.75x; with independent
+   trials, 94 against 74 (1.26x; 2% and 0%). Stratified variances are measured between a few units (20
+   degrees of freedom per lag after the pilot), so they are noisier than those of independent trials;
 4. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
 
 Points with ``beta_rec`` = 0 need no trials: the context never moves there, and
@@ -44,9 +61,9 @@ import numpy as np
 
 from cmrjax.closed_form import is_corner
 from cmrjax.model import SimConfig, validate_params
-from cmrjax.simulate import (ESTIMATORS, CRPResult, _batch_sharding, _check, _chunk_from_budget, _chunk_moments,
-                             _corner_results, _rows_per_chunk, _static_results, _step_bytes, finish_moments,
-                             lane_multiple, trials_to_match)
+from cmrjax.simulate import (ESTIMATORS, KERNEL_COMPILER_OPTIONS, CRPResult, _batch_sharding, _check,
+                             _chunk_from_budget, _chunk_moments, _corner_results, _rows_per_chunk, _static_results,
+                             _step_bytes, batch_moments, finish_moments, lane_multiple, trials_to_match)
 
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
@@ -60,17 +77,19 @@ def _unit_key(key, index, block):
     return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, index), _UNIT_TAG), block)
 
 
-@partial(jax.jit, static_argnames=("config", "unit_trials", "estimators", "mesh"))
+@partial(jax.jit, static_argnames=("config", "unit_trials", "estimators", "stratified", "mesh"),
+         compiler_options=KERNEL_COMPILER_OPTIONS)
 def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials: int, estimators: tuple[str, ...],
-                 mesh=None):
-    """Moment sums of a chunk of units: (units, estimators, starts, 3 * lags + 1).
+                 stratified: bool, mesh=None):
+    """Moment sums and means of a chunk of units: (units, estimators, starts, 4 * lags + 1) (see
+    :func:`cmrjax.simulate._lane_moments`).
 
     With a ``mesh``, each device runs the same program on its share of the units (``shard_map``), so results
     do not depend on the device count."""
 
     def local(indices, blocks, points):
         keys = jax.vmap(lambda i, b: _unit_key(key, i, b))(indices, blocks)
-        return _chunk_moments(keys, points, config, unit_trials, estimators)
+        return _chunk_moments(keys, points, config, unit_trials, estimators, stratified)
 
     if mesh is None:
         return local(indices, blocks, points)
@@ -82,8 +101,8 @@ def _units_chunk(key, indices, blocks, points, *, config: SimConfig, unit_trials
 class _UnitRunner:
     """Runs lists of (point, block) units in fixed-size chunks (one compilation per estimator set)."""
 
-    def __init__(self, key, config: SimConfig, unit_trials: int, devices, chunk: int | None):
-        self.key, self.config, self.tb = key, config, unit_trials
+    def __init__(self, key, config: SimConfig, unit_trials: int, devices, chunk: int | None, stratified: bool = True):
+        self.key, self.config, self.tb, self.stratified = key, config, unit_trials, stratified
         self.devices = list(jax.devices()) if devices is None else list(devices)
         nd = len(self.devices)
         budget = _chunk_from_budget(_step_bytes(config, config.n_starts * unit_trials), nd)
@@ -92,10 +111,10 @@ class _UnitRunner:
         self.dtype = np.float64 if config.dtype == "float64" else np.float32
 
     def __call__(self, points, indices, blocks, estimators: tuple[str, ...]) -> np.ndarray:
-        """Moments (units, estimators, starts, 3 * lags + 1) float64 of units ``(indices[u], blocks[u])``."""
+        """Moments (units, estimators, 2, starts, 3 * lags + 1) float64 of units ``(indices[u], blocks[u])``."""
         U = len(indices)
         K = 2 * self.config.max_lag + 1
-        out = np.empty((U, len(estimators), self.config.n_starts, 3 * K + 1))
+        out = np.empty((U, len(estimators), 2, self.config.n_starts, 3 * K + 1))
         for lo in range(0, U, self.chunk):
             hi = min(lo + self.chunk, U)
             pad = self.chunk - (hi - lo)
@@ -105,8 +124,8 @@ class _UnitRunner:
             if self.sharding is not None:
                 arrays = [jax.device_put(a, self.sharding) for a in arrays]
             m = _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators,
-                             mesh=None if self.sharding is None else self.sharding.mesh)
-            out[lo:hi] = np.asarray(m, np.float64)[: hi - lo]
+                             stratified=self.stratified, mesh=None if self.sharding is None else self.sharding.mesh)
+            out[lo:hi] = batch_moments(np.asarray(m)[: hi - lo])
         return out
 
 
@@ -129,6 +148,7 @@ def iter_simulate_adaptive(
     min_sd: float = 1e-5,
     recheck: bool = True,
     first_fraction: float = FIRST_FRACTION,
+    stratify: bool = True,
     corners: str = "closed_form",
     group_size: int = 1024,
     indices: np.ndarray | None = None,
@@ -156,11 +176,11 @@ def iter_simulate_adaptive(
     _check(1, "rao_blackwell", corners)
     config.jnp_dtype  # raises a clear error when float64 is asked for without x64
     tb = unit_trials
-    n_pilot = max(1, -(-pilot_trials // tb))  # pilot units per point
+    n_pilot = max(1 + stratify, -(-pilot_trials // tb))  # pilot units per point (stratified: variances need two)
     if n_pilot * tb < 2:
         raise ValueError("pilot_trials must give at least 2 trials per start (variances need two)")
     max_units = max(n_pilot, max_trials // tb)
-    run = _UnitRunner(key, config, tb, devices, chunk_size)
+    run = _UnitRunner(key, config, tb, devices, chunk_size, stratify)
     corner = is_corner(points) if corners == "closed_form" else np.zeros(N, bool)
     if corner.any():
         ci = np.flatnonzero(corner)
@@ -175,19 +195,21 @@ def iter_simulate_adaptive(
         pts, idx = points[g], indices[g]
         done = np.full(len(g), n_pilot)
         rows, blocks = _expand(done)
-        mom = np.zeros((len(g), 2, config.n_starts, 3 * (2 * config.max_lag + 1) + 1))
-        np.add.at(mom, rows, run(pts[rows], idx[rows], blocks, ESTIMATORS))  # (units, 2, S, 3K+1)
+        mom = np.zeros((len(g), 2, 2, config.n_starts, 3 * (2 * config.max_lag + 1) + 1))
+        np.add.at(mom, rows, run(pts[rows], idx[rows], blocks, ESTIMATORS))  # (units, 2, 2, S, 3K+1)
         for fraction in [first_fraction] * bool(recheck) + [1.0]:
-            _, _, var = finish_moments(mom, done[:, None] * tb)  # (G, 2, K)
-            need = trials_to_match(var[:, 0], var[:, 1], trials=done * tb, match_trials=match_trials,
-                                   min_sd=min_sd)
+            var_s = finish_moments(mom[:, 0, 0], done * tb)[2]  # (G, K): independent sampled trials
+            var_r = finish_moments(mom[:, 1, 0], done * tb)[2]  # as if the trials were independent
+            if stratify:  # measured across units; in expectation at most tb / (tb - 1) times that (Owen 1997)
+                var_r = np.minimum(finish_moments(mom[:, 1, 1], done)[2], var_r * tb / max(tb - 1, 1))
+            need = trials_to_match(var_s, var_r, trials=done * tb, match_trials=match_trials, min_sd=min_sd)
             want = np.ceil(fraction * np.nan_to_num(need, nan=np.inf, posinf=max_units * tb) / tb)
             want = np.clip(want, done, max_units).astype(np.int64)
             if (want > done).any():
                 rows, blocks = _expand(want - done, done)
                 np.add.at(mom, rows, run(pts[rows], idx[rows], blocks, ESTIMATORS))
             done = want
-        crp, sem, _ = finish_moments(mom[:, 1], done * tb)
+        crp, sem, _ = finish_moments(mom[:, 1, 0], done * tb)
         yield idx, crp, sem, done * tb
 
 
@@ -203,6 +225,7 @@ def simulate_crp_adaptive(
     min_sd: float = 1e-5,
     recheck: bool = True,
     first_fraction: float = FIRST_FRACTION,
+    stratify: bool = True,
     corners: str = "closed_form",
     chunk_size: int | None = None,
     devices: list | None = None,
@@ -215,12 +238,15 @@ def simulate_crp_adaptive(
       points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
       config: list length, starts, maximum recalls, lag window, dtype.
       match_trials: the sampled estimator's trial count per start whose precision every CRP entry must reach.
-      pilot_trials: trials per start of the pilot (rounded up to whole units); they count towards the estimate.
+      pilot_trials: trials per start of the pilot (rounded up to whole units, at least two with ``stratify``);
+        they count towards the estimate.
       unit_trials: trials per start in one unit of work; counts are multiples of it.
       max_trials: the most trials per start any point gets.
       min_sd: floor of every lag's target standard deviation (see :func:`cmrjax.simulate.trials_to_match`).
       recheck: measure the variances again after the first allocation and top points up (step 3 above).
       first_fraction: share of the pilot's count allocated before the recheck (1 without ``recheck``).
+      stratify: draw each unit's trials as a Latin hypercube per start (step 0 above); ``False``: independent
+        trials, variances measured between trials.
       corners: ``"closed_form"`` or ``"simulate"``, as in :func:`cmrjax.simulate.simulate_crp`.
       chunk_size: units per compiled chunk (default from a memory budget).
       devices: devices to shard units over (default: all).
@@ -250,7 +276,7 @@ def simulate_crp_adaptive(
     for idx, c, s, t in iter_simulate_adaptive(key, points, config=config, match_trials=match_trials,
                                                pilot_trials=pilot_trials, unit_trials=unit_trials,
                                                max_trials=max_trials, min_sd=min_sd, recheck=recheck,
-                                               first_fraction=first_fraction, corners=corners,
+                                               first_fraction=first_fraction, stratify=stratify, corners=corners,
                                                group_size=256 if progress else 1024, chunk_size=chunk_size,
                                                devices=devices):
         crp[idx], sem[idx], trials[idx] = c, s, t

@@ -37,11 +37,12 @@ def register(sub) -> None:
                    help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
                    "per point, as many as match the sampled estimator's precision at --match-trials on every "
                    "lag, measured by a pilot run and checked again on all trials before a top-up (every trial "
-                   "counts towards the estimate)")
+                   "counts towards the estimate; trials drawn in stratified units of 16 per start)")
     p.add_argument("--match-trials", type=int, default=1000,
                    help="--trials auto: the sampled trial count whose precision to match (default 1000)")
     p.add_argument("--pilot-trials", type=int, default=32,
-                   help="--trials auto: trials per start of the pilot run (default 32)")
+                   help="--trials auto: trials per start of the pilot run (default 32; rounded up to whole units "
+                   "of 16, at least two)")
     p.add_argument("--starts", type=int, default=20, help="start positions s0 = 0..starts-1 (default 20)")
     p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
     p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
@@ -55,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="parameter points per compiled chunk (--trials auto: work units of 16 trials x starts)")
     p.add_argument("--float64", action="store_true", help="simulate in float64 (slower)")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="JAX CPU devices to shard the work over (default: one per core, unless JAX_NUM_CPU_DEVICES "
+                   "or XLA_FLAGS set a count; results do not depend on it); accelerators are used when present")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.npz", help="output file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,6 +87,11 @@ def _partial_path(out: Path) -> Path:
 
 
 def run(args) -> int:
+    from cmrjax.devices import use_cpu_cores
+
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        raise CLIError(f"--cpu-devices={args.cpu_devices} must be a positive integer")
+    use_cpu_cores(args.cpu_devices)  # before JAX starts
     auto = args.trials == "auto"
     if auto:
         if args.estimator != "rao-blackwell":
@@ -135,8 +144,8 @@ def run(args) -> int:
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
-    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},first_fraction={FIRST_FRACTION})"
-                      if auto else args.trials)
+    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},first_fraction={FIRST_FRACTION},"
+                      "stratified)" if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
                     dtype=config.dtype, n_points=int(len(points)),

@@ -46,11 +46,11 @@ def test_finish_moments_equals_the_direct_computation_from_per_trial_values():
 
 def test_estimated_monte_carlo_variance_matches_the_spread_of_independent_repeats():
     """The variance that sizes the counts must be the real one: 160 independent units of 32 trials each."""
-    run = _UnitRunner(jax.random.key(3), SMALL, 32, jax.devices()[:1], None)
+    run = _UnitRunner(jax.random.key(3), SMALL, 32, jax.devices()[:1], None, stratified=False)
     pts = np.tile([[0.6, 0.3, 0.4]], (160, 1))
     mom = run(pts, np.zeros(160, np.int64), np.arange(160), ("sampled", "rao_blackwell"))
     for e in range(2):
-        crp, _, var = finish_moments(mom[:, e], 32)  # per unit
+        crp, _, var = finish_moments(mom[:, e, 0], 32)  # per unit, from its trials
         empirical = crp.var(0, ddof=1)
         estimated = var.mean(0)
         big = empirical > 0.05 * empirical.max()
@@ -58,6 +58,29 @@ def test_estimated_monte_carlo_variance_matches_the_spread_of_independent_repeat
         # 159 degrees of freedom: the empirical variance is within ~+-35% at 3 SE; delta-method bias is O(1/T)
         assert np.all((ratio > 0.6) & (ratio < 1.5)), ratio
         assert 0.8 < estimated.sum() / empirical.sum() < 1.25
+
+
+@pytest.mark.parametrize("point", [(0.9, 0.05, 0.1), (0.5, 0.3, 0.6)])
+def test_stratified_units_keep_the_mean_and_their_variance_is_measured_across_units(point):
+    """Latin-hypercube units: the variance measured across units must be the real spread of the estimate, the
+    estimate must keep the expectation of independent trials, and where the context drifts slowly stratifying
+    must cut the variance (this fails if the uniforms are not stratified)."""
+    units, group = 480, 12  # 40 replicates of 12 units of 16 trials each
+    strat = _UnitRunner(jax.random.key(7), SMALL, 16, jax.devices()[:1], None, stratified=True)
+    iid = _UnitRunner(jax.random.key(8), SMALL, 16, jax.devices()[:1], None, stratified=False)
+    pts = np.tile([point], (units, 1))
+    ms = strat(pts, np.zeros(units, np.int64), np.arange(units), ("rao_blackwell",))[:, 0]
+    mi = iid(pts, np.zeros(units, np.int64), np.arange(units), ("rao_blackwell",))[:, 0]
+    reps = ms.reshape(units // group, group, *ms.shape[1:]).sum(1)  # (40, 2, S, 3K+1)
+    crp, _, var = finish_moments(reps[:, 1], group)  # per replicate, variance across its 12 units
+    empirical = crp.var(0, ddof=1)
+    assert 0.65 < var.mean(0).sum() / empirical.sum() < 1.5  # 39 degrees of freedom
+    # same expectation as independent trials (paired over lags, the pooled estimates agree within 4 SE)
+    c_s, _, v_s = finish_moments(ms.sum(0)[1], units)
+    c_i, _, v_i = finish_moments(mi.sum(0)[0], units * 16)
+    assert np.all(np.abs(c_s - c_i) <= 4 * np.sqrt(v_s + v_i) + 1e-7)
+    ratio = v_s.sum() / v_i.sum()
+    assert ratio < 0.5, ratio  # measured 0.19-0.20 at both points
 
 
 def test_results_depend_on_the_key_and_point_index_only():
@@ -95,7 +118,7 @@ def test_the_recheck_tops_up_what_a_short_first_allocation_left_below_the_need()
     from cmrjax.simulate import estimator_variances, trials_to_match
 
     pts = np.array([[0.3, 0.6, 0.5], [0.9, 0.05, 0.1], [0.6, 0.2, 0.7]])
-    need = trials_to_match(*estimator_variances(jax.random.key(1), pts, trials=1024), trials=1024)
+    need = trials_to_match(*estimator_variances(jax.random.key(1), pts, trials=1024, unit_trials=16), trials=1024)
     _, t = simulate_crp_adaptive(jax.random.key(0), pts, first_fraction=0.25)
     assert np.all(t >= 0.85 * need), (t, need)
     assert np.all(t <= 1.5 * need + 32), (t, need)

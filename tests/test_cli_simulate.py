@@ -135,3 +135,9 @@ def test_trials_auto_stores_per_point_counts_and_needs_rao_blackwell(tmp_path, c
     assert d["trials"].shape == (2, 3, 2) and np.all(d["trials"] % 16 == 0)
     assert np.all((d["trials"] == 0) == exact)  # closed-form corners and beta_rec = 0 are not simulated
     assert json.loads(str(d["metadata"]))["trials"].startswith("auto")
+
+
+def test_a_non_positive_cpu_device_count_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "x.npz"
+    assert cli.main(["simulate", *SMALL, "--cpu-devices", "0", "--out", str(out)]) == 2
+    assert "--cpu-devices" in capsys.readouterr().err and not out.exists()

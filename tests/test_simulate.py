@@ -301,3 +301,39 @@ def test_rao_blackwell_agrees_with_sampled_where_trials_reach_the_end_of_the_lis
     vs, vr = estimator_variances(jax.random.key(3), pt, trials=256)
     se = np.sqrt(vs[0] * 256 / 6000 + vr[0] * 256 / 1500)
     assert np.all(np.abs(s - r) <= 4 * se + 1e-6), (s - r) / se
+
+
+@pytest.mark.parametrize("trials", [16, 80])  # pairwise ranks, and jax.random.permutation above 64 trials
+def test_stratified_uniforms_fill_every_stratum_once_per_step_and_start(trials):
+    from cmrjax.simulate import _uniforms
+
+    config = SimConfig(n_starts=3, max_recalls=40)
+    u = np.asarray(_uniforms(jax.random.key(2), config, trials, jnp.arange(3), jnp.float32, stratified=True))
+    u = u.reshape(40, 3, trials)
+    assert u.min() >= 0 and u.max() < 1
+    np.testing.assert_array_equal(np.sort(np.floor(u * trials), -1), np.broadcast_to(np.arange(trials), u.shape))
+    # a trial's strata at successive steps are independent draws, not one fixed order
+    assert len({tuple(row) for row in np.floor(u[:, 0] * trials).astype(int).T}) == trials
+    assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.1
+
+
+def test_estimator_variances_rejects_units_that_do_not_divide_the_trials():
+    with pytest.raises(ValueError, match="unit_trials"):
+        estimator_variances(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), trials=40, unit_trials=16)
+
+
+def test_the_kernel_compiler_options_change_nothing_but_speed():
+    """Copy insertion with region analysis (KERNEL_COMPILER_OPTIONS) must give the default compilation's results
+    bit for bit."""
+    from cmrjax.simulate import KERNEL_COMPILER_OPTIONS, point_tables, simulate_points
+
+    config = SimConfig(list_length=30, max_recalls=12)
+    pt = point_tables(jnp.array([[0.7, 0.2, 0.4], [0.3, 0.6, 0.9]]), 30)
+    u = jax.random.uniform(jax.random.key(1), (12, 64))
+    starts, point = jnp.arange(64, dtype=jnp.int32) % 5, jnp.arange(64, dtype=jnp.int32) % 2
+    f = lambda u: simulate_points(u, starts, point, pt, config)  # noqa: E731
+    a = jax.jit(f)(u)
+    b = jax.jit(f, compiler_options=KERNEL_COMPILER_OPTIONS)(u)
+    for x, y in zip(a, b):
+        if x is not None:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
