@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--uniform", action="store_true",
                     help="section 3: also run the full grid with one uniform trial count (the maximum needed)")
     ap.add_argument("--allocation", action="store_true", help="section 4: check the per-point counts (+2 min)")
+    ap.add_argument("--allocation-points", type=int, default=96, help="section 4: random grid points (default 96)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="JAX CPU devices (default: one per core, as `cmrjax simulate`; 1: JAX's default)")
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
             results["full_grid_uniform"] = dict(trials=chosen, seconds=grid_s, compile_s=compile_s,
                                                 **compare(res, "uniform"))
     if args.allocation:
-        results["allocation"] = allocation_check(grid, n_pts=32 if args.quick else 96)
+        results["allocation"] = allocation_check(grid, n_pts=32 if args.quick else args.allocation_points)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
@@ -292,8 +293,10 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
     from cmrjax.adaptive import simulate_crp_adaptive
     from cmrjax.simulate import estimator_variances, trials_to_match
 
+    from cmrjax.closed_form import is_corner
+
     rng = np.random.default_rng(seed)
-    pts = grid[grid[:, 1] > 0]  # beta_rec = 0 is exact (no trials)
+    pts = grid[(grid[:, 1] > 0) & ~is_corner(grid)]  # exact there (no trials)
     pts = pts[rng.choice(len(pts), n_pts, replace=False)]
     rows, out = [], {}
     for label, stratify in (("stratified units of 16", True), ("independent trials", False)):
@@ -307,7 +310,7 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
                      f"{np.mean(r < 0.9):.1%}", f"{np.mean(r < 0.75):.1%}", f"{r.min():.2f}", f"{seconds:.1f}"])
         out[label] = dict(need_mean=float(need.mean()), trials_mean=float(got.mean()),
                           below_0_9=float(np.mean(r < 0.9)), below_0_75=float(np.mean(r < 0.75)), seconds=seconds)
-    print(f"4. Per-point counts of --trials auto at {n_pts} random grid points against the need that 1,024 trials "
+    print(f"\n4. Per-point counts of --trials auto at {n_pts} random grid points against the need that 1,024 trials "
           "per start measure (mean trials per start; points whose count is below 0.9x / 0.75x their need)")
     table(rows, ["design", "need", "chosen", "work / need", "< 0.9x", "< 0.75x", "min ratio", "seconds"])
     return out

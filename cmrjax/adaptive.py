@@ -15,10 +15,12 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
    (median 46 to 28). The far lags (+-8), whose rare transitions set most points' counts, gain least. The
    trials of a unit are not independent, so the Rao-Blackwellised variance is measured across units
    (independent replicates; moments of the unit means summed in float64,
-   :func:`cmrjax.simulate.batch_moments`), and capped at ``unit_trials / (unit_trials - 1)`` times the
-   variance of independent trials measured on the same trials, which a Latin hypercube never exceeds in
-   expectation (Owen 1997). The sampled estimator's variance, the target, is that of independent trials, which
-   every trial's own distribution gives;
+   :func:`cmrjax.simulate.batch_moments`). With few units that measurement is noisy (``n_starts`` degrees of
+   freedom per lag after a two-unit pilot), so counts are sized by its one-sided upper confidence bound at
+   :data:`UPPER_Z` standard deviations (:func:`upper_variance_factor`), capped at
+   ``unit_trials / (unit_trials - 1)`` times the variance of independent trials measured on the same trials,
+   which a Latin hypercube never exceeds in expectation (Owen 1997). The sampled estimator's variance, the
+   target, is that of independent trials, which every trial's own distribution gives;
 1. a pilot of ``pilot_trials`` per start (at least two units) runs both estimators on the same trials and
    measures, for every CRP entry, the Monte Carlo variance of each (per-trial influences of the per-start
    normalisation, accumulated as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
@@ -26,12 +28,13 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
    ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`), times ``first_fraction``;
 3. with ``recheck``, the variances are measured again on all of the point's trials so far (every unit runs
    both estimators) and the point is topped up to the count they ask for. A 32-trial pilot's estimate is
-   noisy and its maximum over lags biased upwards. Measured on 96 random points of the paper's grid against
-   the counts that 1,024 trials per start ask for (``bench_simulate.py --allocation``): with stratified units,
-   a mean of 72 trials per start against a need of 51 (1.41x the needed work, much of it the pilot's floor of
-   32 at points that need fewer), 3% of the points below 0.9x their need and 1% below 0.75x; with independent
-   trials, 94 against 74 (1.26x; 2% and 0%). Stratified variances are measured between a few units (20
-   degrees of freedom per lag after the pilot), so they are noisier than those of independent trials;
+   noisy and its maximum over lags biased upwards. Measured on 240 random points of the paper's grid against
+   the counts that 1,024 trials per start ask for (``bench_simulate.py --allocation --allocation-points
+   240``): with stratified units, a mean of 71.7 trials per start against a need of 44.5 (1.61x the needed
+   work, much of it the pilot's floor of 32 at points that need fewer), no point below 0.9x its need (lowest
+   0.95x); with independent trials 85.3 against 66.5 (1.28x; none below 0.9x, lowest 0.93x). Without the
+   upper confidence bound, stratified units took 64.9 trials, but 3.8% of the points ended below 0.9x their
+   need and 0.8% below 0.75x;
 4. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
 
 Points with ``beta_rec`` = 0 need no trials: the context never moves there, and
@@ -70,6 +73,17 @@ __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
 #: share of the pilot's count allocated before the recheck (step 3)
 FIRST_FRACTION = 0.8
+#: stratified units size counts by this one-sided upper confidence bound of their variance, in standard normal
+#: units (1: the 84th percentile), because it is measured between few units (step 0)
+UPPER_Z = 1.0
+
+
+def upper_variance_factor(dof, z: float) -> np.ndarray:
+    """``dof / chi2_dof(p)`` for the lower-tail probability ``p = Phi(-z)`` (Wilson-Hilferty): the factor that
+    turns a variance estimate with ``dof`` degrees of freedom into a one-sided upper confidence bound."""
+    dof = np.maximum(np.asarray(dof, np.float64), 1.0)
+    c = 2 / (9 * dof)
+    return np.asarray(1 / np.maximum(1 - c - z * np.sqrt(c), 0.05) ** 3)
 
 
 def _unit_key(key, index, block):
@@ -200,8 +214,10 @@ def iter_simulate_adaptive(
         for fraction in [first_fraction] * bool(recheck) + [1.0]:
             var_s = finish_moments(mom[:, 0, 0], done * tb)[2]  # (G, K): independent sampled trials
             var_r = finish_moments(mom[:, 1, 0], done * tb)[2]  # as if the trials were independent
-            if stratify:  # measured across units; in expectation at most tb / (tb - 1) times that (Owen 1997)
-                var_r = np.minimum(finish_moments(mom[:, 1, 1], done)[2], var_r * tb / max(tb - 1, 1))
+            if stratify:  # measured across units (an upper confidence bound, see UPPER_Z), and in expectation at
+                # most tb / (tb - 1) times the variance of independent trials (Owen 1997)
+                up = upper_variance_factor(config.n_starts * (done - 1), UPPER_Z)[:, None]
+                var_r = np.minimum(finish_moments(mom[:, 1, 1], done)[2] * up, var_r * tb / max(tb - 1, 1))
             need = trials_to_match(var_s, var_r, trials=done * tb, match_trials=match_trials, min_sd=min_sd)
             want = np.ceil(fraction * np.nan_to_num(need, nan=np.inf, posinf=max_units * tb) / tb)
             want = np.clip(want, done, max_units).astype(np.int64)

@@ -4,8 +4,9 @@ The simulator shards its parameter points (or work units) across all visible JAX
 the same program on its share, with results that do not depend on the device count (:mod:`cmrjax.simulate`).
 JAX gives a CPU a single device by default, whose programs split each recall step's small array operations
 across the cores, with a synchronisation per operation; one device per core runs independent programs side by
-side instead. Measured on the paper's grid at its precision on a 2-core CPU: 49.9 s with one device, 37.0 s
-with two.
+side instead. Measured on the paper's grid at its precision on a 2-core CPU (``cmrjax simulate --grid paper
+--estimator rao-blackwell --trials auto``): 49.6 s with one device (``--cpu-devices 1``), 37.0-37.9 s with two,
+identical results.
 
 ``cmrjax simulate`` and the simulation benchmark call :func:`use_cpu_cores` themselves. Library users call it
 right after ``import jax``::

@@ -41,7 +41,8 @@ Estimators of the paper's lag-CRP (see :mod:`cmrjax.crp` for the definition, ``c
   draws' effect on the next step, not that of the context's drift. Against 1,000 sampled trials, the paper's
   grid needs from 32 Rao-Blackwellised trials or fewer (most points with ``beta_enc`` <= 0.3) to 220-350 (high
   ``beta_enc`` with low ``beta_rec``) and ~650 (``beta_enc`` = 0.05, ``beta_rec`` >= 0.85, ``gamma_ft`` = 0,
-  where trials end early); ``benchmarks/bench_simulate.py`` measures it.
+  where trials end early), with independent trials; :mod:`cmrjax.adaptive` draws stratified units, which
+  need fewer where the context drifts slowly. ``benchmarks/bench_simulate.py`` measures both.
 
 In float32, inverse-CDF draws cannot resolve next-recall probabilities below ~1e-7 (the uniforms' resolution);
 such states are (almost) never sampled, an error far below the Monte Carlo error of any practical run. The

@@ -186,3 +186,13 @@ def test_cli_auto_resumes_after_an_interruption_with_identical_results(tmp_path,
     np.testing.assert_array_equal(a["crp"], b["crp"])
     np.testing.assert_array_equal(a["trials"], b["trials"])
     assert json.loads(str(b["metadata"]))["trials"].startswith("auto")
+
+
+@pytest.mark.parametrize("dof", [20, 60, 300])
+def test_upper_variance_factor_is_a_one_sided_confidence_bound(dof):
+    """A variance estimate s2 ~ sigma2 chi2_dof / dof, times the factor, exceeds sigma2 with probability Phi(z)."""
+    from cmrjax.adaptive import upper_variance_factor
+
+    s2 = np.random.default_rng(dof).chisquare(dof, 400_000) / dof
+    for z, p in ((1.0, 0.8413), (0.0, 0.5)):
+        assert abs(np.mean(s2 * upper_variance_factor(dof, z) >= 1) - p) < 0.01

@@ -171,15 +171,17 @@ def test_the_accelerator_layout_gives_the_cpu_results(monkeypatch):
                                devices=jax.devices()[:1]).crp
         jax.clear_caches()
         np.testing.assert_allclose(acc, cpu, atol=2e-6)
-    # the adaptive path's moments (lanes of points on CPUs, vmapped points on accelerators)
-    cpu = estimator_variances(jax.random.key(4), pts, config=config, trials=32)
-    with monkeypatch.context() as m:
-        m.setattr(jax, "default_backend", lambda: "gpu")
+    # the adaptive path's moments (lanes of points on CPUs, vmapped points on accelerators), independent trials
+    # and stratified units
+    for units in (None, 16):
+        cpu = estimator_variances(jax.random.key(4), pts, config=config, trials=32, unit_trials=units)
+        with monkeypatch.context() as m:
+            m.setattr(jax, "default_backend", lambda: "gpu")
+            jax.clear_caches()
+            acc = estimator_variances(jax.random.key(4), pts, config=config, trials=32, unit_trials=units)
         jax.clear_caches()
-        acc = estimator_variances(jax.random.key(4), pts, config=config, trials=32)
-    jax.clear_caches()
-    for a, c in zip(acc, cpu):
-        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-12)
+        for a, c in zip(acc, cpu):
+            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-12)
 
 
 def test_a_second_call_with_the_same_shapes_does_not_recompile():
