@@ -291,9 +291,8 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
     import jax
 
     from cmrjax.adaptive import simulate_crp_adaptive
-    from cmrjax.simulate import estimator_variances, trials_to_match
-
     from cmrjax.closed_form import is_corner
+    from cmrjax.simulate import estimator_variances, trials_to_match
 
     rng = np.random.default_rng(seed)
     pts = grid[(grid[:, 1] > 0) & ~is_corner(grid)]  # exact there (no trials)
@@ -312,7 +311,7 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
                           below_0_9=float(np.mean(r < 0.9)), below_0_75=float(np.mean(r < 0.75)), seconds=seconds)
     print(f"\n4. Per-point counts of --trials auto at {n_pts} random grid points against the need that 1,024 trials "
           "per start measure (mean trials per start; points whose count is below 0.9x / 0.75x their need)")
-    table(rows, ["design", "need", "chosen", "work / need", "< 0.9x", "< 0.75x", "min ratio", "seconds"])
+    table(rows, ["design", "need", "chosen", "work / need", "< 0.9x", "< 0.75x", "min ratio", "s (with compile)"])
     return out
 
 

@@ -138,14 +138,14 @@ def run(args) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    from cmrjax.adaptive import FIRST_FRACTION, iter_simulate_adaptive
+    from cmrjax.adaptive import FIRST_FRACTION, UPPER_Z, iter_simulate_adaptive
     from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
     from cmrjax.simulate import iter_simulate_chunks
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
     trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},first_fraction={FIRST_FRACTION},"
-                      "stratified)" if auto else args.trials)
+                      f"stratified,upper_z={UPPER_Z})" if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
                     dtype=config.dtype, n_points=int(len(points)),
