@@ -211,12 +211,16 @@ def main(argv=None) -> int:
     T2 = 1024
     vs, vr = estimator_variances(jax.random.key(1), study, trials=T2)  # both estimators, same trials
     need = np.ceil(trials_to_match(vs, vr, trials=T2, match_trials=1000))  # lags with SD < 1e-5 ignored
-    # the same in stratified units of 16 trials per start (as --trials auto draws them): variance across units
+    # the same in stratified units of 8 trials per start (as --trials auto draws them) and of 16: variance across
+    # units
+    vs8, vr8 = estimator_variances(jax.random.key(1), study, trials=T2, unit_trials=8)
+    need8 = np.ceil(trials_to_match(vs8, vr8, trials=T2, match_trials=1000))
     vs16, vr16 = estimator_variances(jax.random.key(1), study, trials=T2, unit_trials=16)
     need16 = np.ceil(trials_to_match(vs16, vr16, trials=T2, match_trials=1000))
     sampled_total = n_grid * 20 * 1000 * steps_per_trial
     rows = []
-    for label, nd in (("independent trials", need), ("stratified units of 16", need16)):
+    for label, nd in (("independent trials", need), ("stratified units of 8 (--trials auto)", need8),
+                      ("stratified units of 16", need16)):
         q = np.quantile(nd, [0.5, 0.9, 1.0])
         rows.append([label, f"{q[0]:.0f}", f"{q[1]:.0f}", f"{q[2]:.0f}", f"{nd.mean():.0f}",
                      f"{sampled_total / (n_grid * 20 * q[2] * steps_per_trial):.1f}x",
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
     table(rows, ["Rao-Blackwellised trials", "median", "90%", "max", "mean", "work saved (uniform T = max)",
                  "(per-point T)"])
     results["precision"] = dict(points=study.tolist(), trials_needed=need.tolist(),
-                                trials_needed_stratified=need16.tolist())
+                                trials_needed_units_of_8=need8.tolist(), trials_needed_units_of_16=need16.tolist())
     chosen = args.rb_trials or int(min(1000, q[2]))
     print(f"   -> a uniform count would need {chosen} trials per start (section 3 with --uniform; override: "
           "--rb-trials); per-point counts are what `--trials auto` uses\n")
@@ -290,7 +294,7 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
     """Section 4: the counts ``--trials auto`` chooses against the need measured on 1,024 trials per start."""
     import jax
 
-    from cmrjax.adaptive import simulate_crp_adaptive
+    from cmrjax.adaptive import UNIT_TRIALS, simulate_crp_adaptive
     from cmrjax.closed_form import is_corner
     from cmrjax.simulate import estimator_variances, trials_to_match
 
@@ -298,8 +302,8 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
     pts = grid[(grid[:, 1] > 0) & ~is_corner(grid)]  # exact there (no trials)
     pts = pts[rng.choice(len(pts), n_pts, replace=False)]
     rows, out = [], {}
-    for label, stratify in (("stratified units of 16", True), ("independent trials", False)):
-        vs, vr = estimator_variances(jax.random.key(5), pts, trials=1024, unit_trials=16 if stratify else None)
+    for label, stratify in ((f"stratified units of {UNIT_TRIALS}", True), ("independent trials", False)):
+        vs, vr = estimator_variances(jax.random.key(5), pts, trials=1024, unit_trials=UNIT_TRIALS if stratify else None)
         need = trials_to_match(vs, vr, trials=1024)
         t0 = time.perf_counter()
         _, got = simulate_crp_adaptive(jax.random.key(0), pts, stratify=stratify)

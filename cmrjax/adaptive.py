@@ -11,30 +11,37 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
    keeps its expectation, but where the draws land is balanced across the unit. Where the context drifts
    slowly (high ``beta_enc``, low ``beta_rec``), what the Rao-Blackwellised estimator leaves is mostly the sum
    of many small effects of single draws, which this balances out: measured at 40 random grid points
-   (``benchmarks/bench_simulate.py``, section 2), the trials needed fall from a mean of 86 to 59 per start
-   (median 46 to 28). The far lags (+-8), whose rare transitions set most points' counts, gain least. The
-   trials of a unit are not independent, so the Rao-Blackwellised variance is measured across units
-   (independent replicates; moments of the unit means summed in float64,
-   :func:`cmrjax.simulate.batch_moments`). With few units that measurement is noisy (``n_starts`` degrees of
-   freedom per lag after a two-unit pilot), so counts are sized by its one-sided upper confidence bound at
-   :data:`UPPER_Z` standard deviations (:func:`upper_variance_factor`), capped at
+   (``benchmarks/bench_simulate.py``, section 2), the trials needed fall from a mean of 86 per start with
+   independent trials to 65 in units of 8 and 59 in units of 16 (medians 46, 30, 28). The far lags (+-8),
+   whose rare transitions set most points' counts, gain least. The trials of a unit are not independent, so
+   the Rao-Blackwellised variance is measured across units (independent replicates; moments of the unit means
+   summed in float64, :func:`cmrjax.simulate.batch_moments`). With few units that measurement is noisy
+   (``n_starts`` degrees of freedom per lag after a two-unit pilot), so counts are sized by its one-sided upper
+   confidence bound at :data:`UPPER_Z` standard deviations (:func:`upper_variance_factor`), capped at
    ``unit_trials / (unit_trials - 1)`` times the variance of independent trials measured on the same trials,
    which a Latin hypercube never exceeds in expectation (Owen 1997). The sampled estimator's variance, the
    target, is that of independent trials, which every trial's own distribution gives;
 1. a pilot of ``pilot_trials`` per start (at least two units) runs both estimators on the same trials and
    measures, for every CRP entry, the Monte Carlo variance of each (per-trial influences of the per-start
    normalisation, accumulated as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
-2. each point gets as many further units as make the Rao-Blackwellised variance at most the sampled one at
-   ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`), times ``first_fraction``;
-3. with ``recheck``, the variances are measured again on all of the point's trials so far (every unit runs
-   both estimators) and the point is topped up to the count they ask for. A 32-trial pilot's estimate is
-   noisy and its maximum over lags biased upwards. Measured on 240 random points of the paper's grid against
-   the counts that 1,024 trials per start ask for (``bench_simulate.py --allocation --allocation-points
-   240``): with stratified units, a mean of 71.7 trials per start against a need of 44.5 (1.61x the needed
-   work, much of it the pilot's floor of 32 at points that need fewer), no point below 0.9x its need (lowest
-   0.95x); with independent trials 85.3 against 66.5 (1.28x; none below 0.9x, lowest 0.93x). Without the
-   upper confidence bound, stratified units took 64.9 trials, but 3.8% of the points ended below 0.9x their
-   need and 0.8% below 0.75x;
+2. in rounds, for each share ``f`` of ``schedule``, each point is given as many further units as make
+   ``f`` times its count reach what makes the Rao-Blackwellised variance at most the sampled one at
+   ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`);
+3. before each round the variances are measured again on all of the point's trials so far (every unit runs
+   both estimators), so later rounds rest on more units (more degrees of freedom, a tighter bound). A pilot's
+   estimate is noisy and its maximum over lags biased upwards; allocating part of the need first and
+   measuring again spends less than trusting either.
+
+   Why units of 8, a pilot of 16 and three rounds (0.5, 0.8, 1): most of the paper's grid needs few trials
+   (measured on 240 random points against 1,024 trials per start in units of 16: 46% need 16 or fewer, a mean
+   of 6.7), and the pilot is every point's floor. Replaying allocation rules on the stored units of those 240
+   points and of 240 others (every rule on the same units, 10 orders each), the former rule (units of 16, a
+   pilot of 32, rounds 0.8 and 1, bound at 1 SD) spent 71.3 and 75.5 trials per start and left 0.2% and 0.2%
+   of points below 0.9x their need; this one 66.1 and 70.7, with 0.0% and 0.2%. A bound at 1.5 SD spent 63.7
+   and 68.2 but left 0.2% and 0.5% short; a pilot of three units was as safe for 2% more. On the full grid: a
+   mean of 65 trials per start against 70, 36.3-37.7 s against 39.6-41.5 s (CLI, same machine). On the
+   benchmark's own 240 points (``--allocation``) it spent 72.5 against the former 71.7, with 0.8% of points
+   below 0.9x their need (none below 0.84x);
 4. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).
 
 Points with ``beta_rec`` = 0 need no trials: the context never moves there, and
@@ -71,11 +78,15 @@ from cmrjax.simulate import (ESTIMATORS, KERNEL_COMPILER_OPTIONS, CRPResult, _ba
 __all__ = ["simulate_crp_adaptive", "iter_simulate_adaptive", "finish_moments"]
 
 _UNIT_TAG = 0x0A0A_7E57  # separates unit streams from those of fixed-count runs
-#: share of the pilot's count allocated before the recheck (step 3)
-FIRST_FRACTION = 0.8
+#: trials per start in one unit of work (every count is a multiple), and the pilot's trials per start
+UNIT_TRIALS = 8
+PILOT_TRIALS = 16
+#: shares of the measured need allocated in successive rounds, each after measuring the variances again on all of
+#: a point's trials so far (steps 2 and 3); the last is 1
+SCHEDULE = (0.5, 0.8, 1.0)
 #: stratified units size counts by this one-sided upper confidence bound of their variance, in standard normal
-#: units (1: the 84th percentile), because it is measured between few units (step 0)
-UPPER_Z = 1.0
+#: units (2: the 98th percentile), because it is measured between few units (step 0)
+UPPER_Z = 2.0
 
 
 def upper_variance_factor(dof, z: float) -> np.ndarray:
@@ -124,23 +135,55 @@ class _UnitRunner:
         self.sharding = _batch_sharding(self.devices, "units")
         self.dtype = np.float64 if config.dtype == "float64" else np.float32
 
+    def _dispatch(self, points, indices, blocks, estimators, lo: int, hi: int):
+        """Start the chunk of units ``lo:hi`` (padded to the chunk size); JAX returns before it has finished."""
+        sel = np.concatenate([np.arange(lo, hi), np.full(self.chunk - (hi - lo), hi - 1)])
+        arrays = [jnp.asarray(indices[sel].astype(np.uint32)), jnp.asarray(blocks[sel].astype(np.uint32)),
+                  jnp.asarray(points[sel].astype(self.dtype))]
+        if self.sharding is not None:
+            arrays = [jax.device_put(a, self.sharding) for a in arrays]
+        return _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators,
+                            stratified=self.stratified, mesh=None if self.sharding is None else self.sharding.mesh)
+
+    def chunks(self, points, indices, blocks, estimators: tuple[str, ...]) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(lo, hi, moments)`` for consecutive chunks of the units ``(indices[u], blocks[u])``, moments
+        (hi - lo, estimators, 2, starts, 3 * lags + 1) float64. The next chunk is dispatched before this one is
+        read back, so the host's work on one chunk overlaps the devices' work on the next."""
+        U = len(indices)
+        pending = None
+        for lo in [*range(0, U, self.chunk), U]:
+            nxt = (lo, min(lo + self.chunk, U)) if lo < U else None
+            started = None if nxt is None else self._dispatch(points, indices, blocks, estimators, *nxt)
+            if pending is not None:
+                (plo, phi), m = pending
+                yield plo, phi, batch_moments(np.asarray(m)[: phi - plo])
+            pending = None if nxt is None else (nxt, started)
+
     def __call__(self, points, indices, blocks, estimators: tuple[str, ...]) -> np.ndarray:
         """Moments (units, estimators, 2, starts, 3 * lags + 1) float64 of units ``(indices[u], blocks[u])``."""
-        U = len(indices)
         K = 2 * self.config.max_lag + 1
-        out = np.empty((U, len(estimators), 2, self.config.n_starts, 3 * K + 1))
-        for lo in range(0, U, self.chunk):
-            hi = min(lo + self.chunk, U)
-            pad = self.chunk - (hi - lo)
-            sel = np.concatenate([np.arange(lo, hi), np.full(pad, hi - 1)])
-            arrays = [jnp.asarray(indices[sel].astype(np.uint32)), jnp.asarray(blocks[sel].astype(np.uint32)),
-                      jnp.asarray(points[sel].astype(self.dtype))]
-            if self.sharding is not None:
-                arrays = [jax.device_put(a, self.sharding) for a in arrays]
-            m = _units_chunk(self.key, *arrays, config=self.config, unit_trials=self.tb, estimators=estimators,
-                             stratified=self.stratified, mesh=None if self.sharding is None else self.sharding.mesh)
-            out[lo:hi] = batch_moments(np.asarray(m)[: hi - lo])
+        out = np.empty((len(indices), len(estimators), 2, self.config.n_starts, 3 * K + 1))
+        for lo, hi, m in self.chunks(points, indices, blocks, estimators):
+            out[lo:hi] = m
         return out
+
+    def add_to(self, acc: np.ndarray, rows: np.ndarray, points, indices, blocks, estimators: tuple[str, ...]) -> None:
+        """``acc[rows[u]] += moments of unit u``, unit by unit in order (so the sums do not depend on the chunk
+        size), one chunk at a time (memory stays bounded)."""
+        for lo, hi, m in self.chunks(points, indices, blocks, estimators):
+            _add_in_order(acc, rows[lo:hi], m)
+
+
+def _add_in_order(acc: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``np.add.at(acc, rows, values)`` for sorted ``rows``, in the same order of additions (bit for bit), but
+    vectorised over rows: the p-th value of every row is added in pass p (np.add.at took 2 ms a chunk)."""
+    if not len(rows):
+        return
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    length = np.diff(np.r_[first, len(rows)])
+    for p in range(int(length.max())):
+        run = first[length > p]
+        acc[rows[run]] += values[run + p]
 
 
 def _expand(n_units: np.ndarray, first: np.ndarray | int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -156,12 +199,11 @@ def iter_simulate_adaptive(
     *,
     config: SimConfig = SimConfig(),
     match_trials: int = 1000,
-    pilot_trials: int = 32,
-    unit_trials: int = 16,
+    pilot_trials: int = PILOT_TRIALS,
+    unit_trials: int = UNIT_TRIALS,
     max_trials: int = 4096,
     min_sd: float = 1e-5,
-    recheck: bool = True,
-    first_fraction: float = FIRST_FRACTION,
+    schedule: tuple[float, ...] = SCHEDULE,
     stratify: bool = True,
     corners: str = "closed_form",
     group_size: int = 1024,
@@ -185,8 +227,10 @@ def iter_simulate_adaptive(
                     ("max_trials", max_trials), ("group_size", group_size)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive integer")
-    if not 0 < first_fraction <= 1:
-        raise ValueError(f"first_fraction={first_fraction!r} must lie in (0, 1]")
+    schedule = tuple(schedule)
+    if (not schedule or schedule[-1] != 1 or any(not 0 < f <= 1 for f in schedule)
+            or any(a > b for a, b in zip(schedule, schedule[1:]))):
+        raise ValueError(f"schedule={schedule!r} must be non-decreasing shares in (0, 1] ending with 1")
     _check(1, "rao_blackwell", corners)
     config.jnp_dtype  # raises a clear error when float64 is asked for without x64
     tb = unit_trials
@@ -210,8 +254,8 @@ def iter_simulate_adaptive(
         done = np.full(len(g), n_pilot)
         rows, blocks = _expand(done)
         mom = np.zeros((len(g), 2, 2, config.n_starts, 3 * (2 * config.max_lag + 1) + 1))
-        np.add.at(mom, rows, run(pts[rows], idx[rows], blocks, ESTIMATORS))  # (units, 2, 2, S, 3K+1)
-        for fraction in [first_fraction] * bool(recheck) + [1.0]:
+        run.add_to(mom, rows, pts[rows], idx[rows], blocks, ESTIMATORS)  # mom: (G, 2, 2, S, 3K+1)
+        for fraction in schedule:
             var_s = finish_moments(mom[:, 0, 0], done * tb)[2]  # (G, K): independent sampled trials
             var_r = finish_moments(mom[:, 1, 0], done * tb)[2]  # as if the trials were independent
             if stratify:  # measured across units (an upper confidence bound, see UPPER_Z), and in expectation at
@@ -223,7 +267,7 @@ def iter_simulate_adaptive(
             want = np.clip(want, done, max_units).astype(np.int64)
             if (want > done).any():
                 rows, blocks = _expand(want - done, done)
-                np.add.at(mom, rows, run(pts[rows], idx[rows], blocks, ESTIMATORS))
+                run.add_to(mom, rows, pts[rows], idx[rows], blocks, ESTIMATORS)
             done = want
         crp, sem, _ = finish_moments(mom[:, 1, 0], done * tb)
         yield idx, crp, sem, done * tb
@@ -235,12 +279,11 @@ def simulate_crp_adaptive(
     *,
     config: SimConfig = SimConfig(),
     match_trials: int = 1000,
-    pilot_trials: int = 32,
-    unit_trials: int = 16,
+    pilot_trials: int = PILOT_TRIALS,
+    unit_trials: int = UNIT_TRIALS,
     max_trials: int = 4096,
     min_sd: float = 1e-5,
-    recheck: bool = True,
-    first_fraction: float = FIRST_FRACTION,
+    schedule: tuple[float, ...] = SCHEDULE,
     stratify: bool = True,
     corners: str = "closed_form",
     chunk_size: int | None = None,
@@ -259,8 +302,9 @@ def simulate_crp_adaptive(
       unit_trials: trials per start in one unit of work; counts are multiples of it.
       max_trials: the most trials per start any point gets.
       min_sd: floor of every lag's target standard deviation (see :func:`cmrjax.simulate.trials_to_match`).
-      recheck: measure the variances again after the first allocation and top points up (step 3 above).
-      first_fraction: share of the pilot's count allocated before the recheck (1 without ``recheck``).
+      schedule: non-decreasing shares of the measured need allocated in successive rounds, the variances
+        measured again on all trials before each (steps 2 and 3 above); the last is 1. ``(1.0,)``: one
+        allocation straight from the pilot.
       stratify: draw each unit's trials as a Latin hypercube per start (step 0 above); ``False``: independent
         trials, variances measured between trials.
       corners: ``"closed_form"`` or ``"simulate"``, as in :func:`cmrjax.simulate.simulate_crp`.
@@ -277,7 +321,7 @@ def simulate_crp_adaptive(
       >>> from cmrjax import SimConfig
       >>> res, trials = simulate_crp_adaptive(jax.random.key(0), np.array([[0.3, 0.7, 0.5]]),
       ...                                     config=SimConfig(n_starts=2), match_trials=50)
-      >>> res.crp.shape, int(trials[0]) % 16
+      >>> res.crp.shape, int(trials[0]) % 8
       ((1, 17), 0)
     """
     points = validate_params(points)
@@ -291,8 +335,8 @@ def simulate_crp_adaptive(
         bar = tqdm(total=N, unit="pt", desc="simulate")
     for idx, c, s, t in iter_simulate_adaptive(key, points, config=config, match_trials=match_trials,
                                                pilot_trials=pilot_trials, unit_trials=unit_trials,
-                                               max_trials=max_trials, min_sd=min_sd, recheck=recheck,
-                                               first_fraction=first_fraction, stratify=stratify, corners=corners,
+                                               max_trials=max_trials, min_sd=min_sd, schedule=schedule,
+                                               stratify=stratify, corners=corners,
                                                group_size=256 if progress else 1024, chunk_size=chunk_size,
                                                devices=devices):
         crp[idx], sem[idx], trials[idx] = c, s, t

@@ -36,13 +36,13 @@ def register(sub) -> None:
     p.add_argument("--trials", default="1000", metavar="N|auto",
                    help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
                    "per point, as many as match the sampled estimator's precision at --match-trials on every "
-                   "lag, measured by a pilot run and checked again on all trials before a top-up (every trial "
-                   "counts towards the estimate; trials drawn in stratified units of 16 per start)")
+                   "lag, measured by a pilot run and again on all trials before each top-up (every trial "
+                   "counts towards the estimate; trials drawn in stratified units of 8 per start)")
     p.add_argument("--match-trials", type=int, default=1000,
                    help="--trials auto: the sampled trial count whose precision to match (default 1000)")
-    p.add_argument("--pilot-trials", type=int, default=32,
-                   help="--trials auto: trials per start of the pilot run (default 32; rounded up to whole units "
-                   "of 16, at least two)")
+    p.add_argument("--pilot-trials", type=int, default=16,
+                   help="--trials auto: trials per start of the pilot run (default 16; rounded up to whole units "
+                   "of 8, at least two)")
     p.add_argument("--starts", type=int, default=20, help="start positions s0 = 0..starts-1 (default 20)")
     p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
     p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
@@ -54,7 +54,7 @@ def register(sub) -> None:
                    "simulate: simulate them too (continuous surface)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="parameter points per compiled chunk (--trials auto: work units of 16 trials x starts)")
+                   help="parameter points per compiled chunk (--trials auto: work units of 8 trials x starts)")
     p.add_argument("--float64", action="store_true", help="simulate in float64 (slower)")
     p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                    help="JAX CPU devices to shard the work over (default: one per core, unless JAX_NUM_CPU_DEVICES "
@@ -138,14 +138,15 @@ def run(args) -> int:
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    from cmrjax.adaptive import FIRST_FRACTION, UPPER_Z, iter_simulate_adaptive
+    from cmrjax.adaptive import SCHEDULE, UNIT_TRIALS, UPPER_Z, iter_simulate_adaptive
     from cmrjax.io import atomic_savez, load_metadata, metadata_array, package_version, read_npz, save_crp_grid
     from cmrjax.simulate import iter_simulate_chunks
 
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
-    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},first_fraction={FIRST_FRACTION},"
-                      f"stratified,upper_z={UPPER_Z})" if auto else args.trials)
+    schedule = ",".join(map(str, SCHEDULE))
+    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},unit={UNIT_TRIALS},"
+                      f"schedule={schedule},stratified,upper_z={UPPER_Z})" if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
                     dtype=config.dtype, n_points=int(len(points)),
@@ -184,7 +185,7 @@ def run(args) -> int:
     if len(todo):
         if auto:
             it = iter_simulate_adaptive(key, points[todo], config=config, match_trials=args.match_trials,
-                                        pilot_trials=args.pilot_trials, first_fraction=FIRST_FRACTION,
+                                        pilot_trials=args.pilot_trials, unit_trials=UNIT_TRIALS, schedule=SCHEDULE,
                                         corners=corners, indices=todo,
                                         group_size=256, chunk_size=args.chunk_size)
         else:

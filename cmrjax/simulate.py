@@ -670,7 +670,8 @@ def finish_moments(moments: np.ndarray, trials) -> tuple[np.ndarray, np.ndarray,
 
 #: Units (points' batches of trials) simulated side by side as one flat batch on CPUs: lanes of 4 x 320 trials
 #: ran 1.3x faster than a ``vmap`` over units (13.7 against 10.0-10.3 M recall steps/s on a 2-core CPU; lanes of
-#: 2 and 8 were slower). The width is fixed, so results do not depend on the chunk.
+#: 2 and 8 were slower). The width is fixed, so results do not depend on the chunk. (Measured with units of 16;
+#: with the adaptive path's units of 8 a lane holds 640 trials, and lanes of 8 ran 4-5% slower with two devices.)
 CPU_LANE = 4
 
 
