@@ -24,9 +24,9 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
 1. a pilot of ``pilot_trials`` per start (at least two units) runs both estimators on the same trials and
    measures, for every CRP entry, the Monte Carlo variance of each (per-trial influences of the per-start
    normalisation, accumulated as moment sums so units add up: :func:`cmrjax.simulate.finish_moments`);
-2. in rounds, for each share ``f`` of ``schedule``, each point is given as many further units as make
-   ``f`` times its count reach what makes the Rao-Blackwellised variance at most the sampled one at
-   ``match_trials`` on every lag (:func:`cmrjax.simulate.trials_to_match`);
+2. in rounds, one per share ``f`` of ``schedule``, each point is topped up to ``f`` times the count that makes
+   the Rao-Blackwellised variance at most the sampled one at ``match_trials`` on every lag
+   (:func:`cmrjax.simulate.trials_to_match`), in whole units and never below what it has;
 3. before each round the variances are measured again on all of the point's trials so far (every unit runs
    both estimators), so later rounds rest on more units (more degrees of freedom, a tighter bound). A pilot's
    estimate is noisy and its maximum over lags biased upwards; allocating part of the need first and
