@@ -20,7 +20,6 @@ right after ``import jax``::
 from __future__ import annotations
 
 import os
-import re
 
 import jax
 
@@ -46,8 +45,8 @@ def use_cpu_cores(n: int | None = None) -> bool:
     n = usable_cores() if n is None else int(n)
     if n < 1:
         raise ValueError(f"cpu devices={n} must be a positive integer")
-    if jax.config.jax_num_cpu_devices != -1 or re.search(r"xla_force_host_platform_device_count",
-                                                          os.environ.get("XLA_FLAGS", "")):
+    if (jax.config.jax_num_cpu_devices != -1
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
         return False
     try:
         jax.config.update("jax_num_cpu_devices", n)
