@@ -375,10 +375,27 @@ def cumulative_input(j: Item, params: CMRParams, tables: PowerTables, n: int) ->
     return jnp.where(x < 0, before, after) * _inv_norm_in(g, j, tables)[None]
 
 
+def cumulative_update_scale(A_before, A_at, A_after, inv_norm_j, r, beta_rec, gamma_ft) -> Array:
+    r""":math:`1 / \rho` of the context update after recalling item ``j``, from three cumulative activations:
+    :math:`A_{j-1}` (0 for ``j`` = 0), :math:`A_j`, :math:`A_{j+1}`.
+
+    They give :math:`a_j = A_j - A_{j-1}` and :math:`t_j = a_{j+1} - r a_j` (:func:`context_at`), hence
+    :math:`t \cdot t^{IN} = ((1-\gamma) t_j + \gamma a_j) / \lVert\cdot\rVert` and :math:`\rho` as in
+    :func:`recall_update`. All arguments are scalars or arrays of one batch shape; ``inv_norm_j`` is
+    :math:`1/\lVert (1-\gamma) f_j + \gamma M f_j \rVert`.
+    """
+    a_j = A_at - A_before
+    t_j = (A_after - A_at) - r * a_j
+    dot = ((1 - gamma_ft) * t_j + gamma_ft * a_j) * inv_norm_j  # t . t_in
+    return jax.lax.rsqrt((1 - beta_rec) ** 2 + beta_rec**2 + 2 * beta_rec * (1 - beta_rec) * dot)  # see _inv_norm_in
+
+
 def cumulative_step(A: States, j: Item, C_j: States, inv_norm_j, r, beta_rec, gamma_ft) -> States:
     r"""The update of :func:`recall_update_cumulative` given the cumulative input ``C_j`` of item ``j`` and
-    :math:`1/\lVert\cdot\rVert` (``inv_norm_j``); ``r``, ``beta_rec``, ``gamma_ft`` are scalars or per-trial
-    arrays. The simulator reads ``C_j`` from a table of :func:`cumulative_input_table` instead of computing it.
+    :math:`1/\lVert\cdot\rVert` (``inv_norm_j``): :math:`A' = ((1-\beta_{rec}) A + \beta_{rec} C_j) / \rho`, with
+    :math:`1/\rho` from :func:`cumulative_update_scale`. ``r``, ``beta_rec``, ``gamma_ft`` are scalars or
+    per-trial arrays. (The simulator applies the same two functions to its own layout of ``A``, with a table of
+    :func:`cumulative_input_table` for ``C_j``.)
     """
     j = jnp.asarray(j)
     jm1 = jnp.maximum(j - 1, 0)
@@ -386,11 +403,8 @@ def cumulative_step(A: States, j: Item, C_j: States, inv_norm_j, r, beta_rec, ga
         A3 = jnp.take_along_axis(A, jnp.stack([jm1, j, j + 1]), axis=0)
     else:
         A3 = jnp.stack([A[jm1], A[j], A[j + 1]])
-    a_j = A3[1] - jnp.where(j > 0, A3[0], 0)
-    t_j = (A3[2] - A3[1]) - r * a_j
     g, b = jnp.asarray(gamma_ft), jnp.asarray(beta_rec)
-    dot = ((1 - g) * t_j + g * a_j) * inv_norm_j  # t . t_in
-    inv_rho = jax.lax.rsqrt((1 - b) ** 2 + b**2 + 2 * b * (1 - b) * dot)[None]  # see _inv_norm_in
+    inv_rho = cumulative_update_scale(jnp.where(j > 0, A3[0], 0), A3[1], A3[2], inv_norm_j, r, b, g)[None]
     b_states = b[None] if jnp.ndim(b) else b  # per-trial values broadcast over the states
     return ((1 - b_states) * A + b_states * C_j) * inv_rho
 

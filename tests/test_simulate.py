@@ -9,7 +9,8 @@ from cmrjax.closed_form import corner_crp_per_start, static_context_crp_per_star
 from cmrjax.crp import crp_paper
 from cmrjax.io import load_crp_grid, paper_axes
 from cmrjax.model import CMRParams, SimConfig, power_tables
-from cmrjax.simulate import _simulate_chunk, estimator_variances, simulate_crp, simulate_recalls, simulate_trials
+from cmrjax.simulate import (DRAW_BLOCK, _draw_index, _simulate_chunk, estimator_variances, simulate_crp, simulate_recalls,
+                             simulate_trials)
 
 
 def numpy_trial(u, s0, params, n):
@@ -33,14 +34,16 @@ def numpy_trial(u, s0, params, n):
     return out + [-1] * (len(u) - len(out))
 
 
-@pytest.mark.parametrize("params", [(0.3, 0.5, 0.4), (0.05, 0.9, 0.0), (1.0, 0.2, 1.0), (0.7, 1.0, 0.3)])
-def test_trials_equal_a_brute_force_numpy_simulation_with_the_same_uniforms(params):
-    """Given the same uniforms, the O(n) JAX trial recalls exactly the items the dense numpy trial recalls."""
-    n, R, B = 40, 25, 12
+@pytest.mark.parametrize("params, n", [((0.3, 0.5, 0.4), 40), ((0.05, 0.9, 0.0), 40), ((1.0, 0.2, 1.0), 40),
+                                       ((0.7, 1.0, 0.3), 40), ((0.2, 0.6, 0.5), 5)])
+def test_trials_equal_a_brute_force_numpy_simulation_with_the_same_uniforms(params, n):
+    """Given the same uniforms, the O(n) JAX trial recalls exactly the items the dense numpy trial recalls
+    (also for a list shorter than the lag window)."""
+    R, B = 25, 12
     rng = np.random.default_rng(0)
     u = rng.random((R, B))
-    starts = rng.integers(0, 10, B)
-    config = SimConfig(list_length=n, n_starts=10, max_recalls=R, dtype="float64")
+    starts = rng.integers(0, min(10, n), B)
+    config = SimConfig(list_length=n, n_starts=min(10, n), max_recalls=R, dtype="float64")
     with jax.enable_x64(True):
         p = CMRParams(*(jnp.float64(x) for x in params))
         res = simulate_trials(jnp.asarray(u), jnp.asarray(starts), p, power_tables(p.beta_enc, n, jnp.float64),
@@ -48,6 +51,25 @@ def test_trials_equal_a_brute_force_numpy_simulation_with_the_same_uniforms(para
         got = np.asarray(res.recalls).T
     want = np.array([numpy_trial(u[:, b], int(starts[b]), params, n) for b in range(B)])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n_states", [1, 5, DRAW_BLOCK, DRAW_BLOCK + 1, 2 * DRAW_BLOCK, 101])
+def test_the_blocked_draw_counts_what_a_dense_comparison_counts(n_states):
+    """_draw_index (block ends, then one block) == the number of cumulative activations <= theta, for any
+    list length, with ties, zero activations, theta on the block ends and past the total; the padding around
+    the states (zeros before, copies of the total after, as the simulator lays them out) is never counted."""
+    rng = np.random.default_rng(n_states)
+    B, first = 500, 3
+    a = rng.exponential(size=(B, n_states)) * (rng.random((B, n_states)) < 0.6)
+    a[rng.random((B, n_states)) < 0.2] = 1.0  # ties between neighbouring cumulative sums
+    cdf = np.cumsum(a, axis=1)
+    padded = np.concatenate([np.zeros((B, first)), cdf, np.repeat(cdf[:, -1:], DRAW_BLOCK, axis=1)], axis=1)
+    theta = rng.random(B) * cdf[:, -1] * 1.1
+    on_ends = rng.random(B) < 0.3  # theta exactly on an entry, block ends included
+    theta[on_ends] = cdf[on_ends, rng.integers(0, n_states, on_ends.sum())]
+    got = _draw_index(jnp.asarray(padded, jnp.float32), jnp.asarray(theta, jnp.float32), first, n_states)
+    want32 = (cdf.astype(np.float32) <= theta.astype(np.float32)[:, None]).sum(1)
+    np.testing.assert_array_equal(np.asarray(got), want32)
 
 
 def test_fused_crp_equals_crp_paper_of_the_recorded_recalls():
