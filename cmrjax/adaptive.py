@@ -39,7 +39,8 @@ point its own count, and runs every point in *units* of ``unit_trials`` trials p
    pilot of 32, rounds 0.8 and 1, bound at 1 SD) spent 71.3 and 75.5 trials per start and left 0.2% and 0.2%
    of points below 0.9x their need; this one 66.1 and 70.7, with 0.0% and 0.2%. A bound at 1.5 SD spent 63.7
    and 68.2 but left 0.2% and 0.5% short; a pilot of three units was as safe for 2% more. On the full grid: a
-   mean of 65 trials per start against 70, 36.3-37.7 s against 39.6-41.5 s (CLI, same machine). On the
+   mean of 65 trials per start against 70, 36.3-37.7 s against 39.6-41.5 s (CLI, same machine, before the
+   trials-major kernel of :func:`cmrjax.simulate.simulate_points`, with which it takes ~23 s). On the
    benchmark's own 240 points (``--allocation``) it spent 72.5 against the former 71.7, with 0.8% of points
    below 0.9x their need (none below 0.84x);
 4. its CRP is estimated from all of its trials, the pilot's included (their Rao-Blackwellised half).

@@ -5,8 +5,8 @@ the same program on its share, with results that do not depend on the device cou
 JAX gives a CPU a single device by default, whose programs split each recall step's small array operations
 across the cores, with a synchronisation per operation; one device per core runs independent programs side by
 side instead. Measured on the paper's grid at its precision on a 2-core CPU (``cmrjax simulate --grid paper
---estimator rao-blackwell --trials auto``): 49.6 s with one device (``--cpu-devices 1``), 37.0-37.9 s with two,
-identical results.
+--estimator rao-blackwell --trials auto``): 53.4 s with one device (``--cpu-devices 1``), 21.7-21.8 s with two,
+identical results (49.6 against 37.0-37.9 s with an earlier layout of the kernel).
 
 ``cmrjax simulate`` and the simulation benchmark call :func:`use_cpu_cores` themselves. Library users call it
 right after ``import jax``::

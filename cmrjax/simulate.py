@@ -248,9 +248,11 @@ def simulate_points(
     after the stop state (a padded table row keeps them so), so that every per-trial read (the draw's block,
     the look-ahead's window, the three entries around the recalled item) is one contiguous slice, and the
     update reads the recalled item's table row as it is stored. Against states on the leading axis (the
-    :mod:`cmrjax.model` convention) the kernel runs 1.8x faster (8.5 -> 15.4 M recall steps/s on a 2-core CPU,
-    same results bit for bit): the element-wise gathers across the states and the row's transpose were most of
-    a step.
+    :mod:`cmrjax.model` convention, which this kernel used before) it runs 1.7-1.8x faster, with the same results
+    bit for bit: 8.4-8.5 -> 14.1-15.4 M Rao-Blackwellised recall steps/s in the adaptive path's lanes on a
+    2-core CPU. There, per-element gathers across the states (the look-ahead's window, the draw) and the
+    transpose of the gathered row were most of a step; a first try of the trials-major layout with per-element
+    gathers and a dense draw had been slower.
     """
     n, m, R = config.list_length, config.max_lag, config.max_recalls
     dtype = uniforms.dtype
@@ -378,10 +380,13 @@ def per_trial_values(res: TrialResult, estimator: str) -> jax.Array:
     return jnp.where(n > 0, res.counts / jnp.maximum(n, 1), 0)
 
 
-#: Trials simulated side by side on CPUs (per parameter point): the step's (states x trials) arrays then stay in
-#: cache. Measured on a 2-core machine at 1000 trials x 20 starts: 11 M trial-steps/s in blocks of 4000 trials,
-#: 8 M with all 20,000 at once.
-CPU_TRIAL_BLOCK = 4096
+#: Trials simulated side by side on CPUs (per parameter point): the step's (trials x states) arrays then stay in
+#: cache. Measured on a 2-core machine at 40 points x 1000 trials x 20 starts (one device per core): sampled
+#: 19.3-20.3 M trial-steps/s in blocks of 2,000 trials (this value), 17.2-17.6 M in blocks of 4,000 (the value
+#: before the trials-major layout), 11.3 M in blocks of 10,000; Rao-Blackwellised 10.5-10.8 M against 7.7 M.
+#: Changing it changes results in their last bits (the compiled arithmetic depends on the batch width), never
+#: with chunk size or device count.
+CPU_TRIAL_BLOCK = 2048
 
 
 def _starts_per_block(config: SimConfig, trials: int) -> int:
