@@ -95,11 +95,11 @@ def _timed(call, repeats: int):
     return first, best, res
 
 
-def time_cmrjax(key, points, **kw):
-    """``simulate_crp`` timed: first call, best of 10 (a call of section 1 takes ~25 ms), result."""
+def time_cmrjax(key, points, repeats: int = 10, **kw):
+    """``simulate_crp`` timed: first call, best of ``repeats`` (a call of section 1 takes ~25 ms), result."""
     from cmrjax.simulate import simulate_crp
 
-    return _timed(lambda: simulate_crp(key, points, **kw), 10)
+    return _timed(lambda: simulate_crp(key, points, **kw), repeats)
 
 
 def time_adaptive(key, points, **kw):
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
             from cmrjax.io import load_crp_grid
 
             ref = load_crp_grid(ref_path).crp.reshape(n_grid, -1)
-        runs = [("sampled, 1000 trials", partial(time_cmrjax, trials=1000, estimator="sampled")),
+        runs = [("sampled, 1000 trials", partial(time_cmrjax, repeats=2, trials=1000, estimator="sampled")),
                 ("rao_blackwell, per-point trials at the paper's precision (pilot included)",
                  partial(time_adaptive))]
         for label, fn in runs:
