@@ -90,7 +90,6 @@ CORNERS = ("closed_form", "simulate")
 KERNEL_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-
 def _tree_sum(x: jax.Array, axis: int) -> jax.Array:
     """Sum over ``axis`` as a fixed tree of elementwise additions: the result does not depend on how the
     compiler vectorises the surrounding batch (XLA's reductions may sum in another order for another chunk
