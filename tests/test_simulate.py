@@ -9,8 +9,8 @@ from cmrjax.closed_form import corner_crp_per_start, static_context_crp_per_star
 from cmrjax.crp import crp_paper
 from cmrjax.io import load_crp_grid, paper_axes
 from cmrjax.model import CMRParams, SimConfig, power_tables
-from cmrjax.simulate import (DRAW_BLOCK, _draw_index, _simulate_chunk, estimator_variances, simulate_crp, simulate_recalls,
-                             simulate_trials)
+from cmrjax.simulate import (DRAW_BLOCK, _draw_index, _simulate_chunk, estimator_variances, simulate_crp,
+                             simulate_recalls, simulate_trials)
 
 
 def numpy_trial(u, s0, params, n):
