@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--float64", action="store_true")
     ap.add_argument("--surface", default=None, help="--validate: a fully simulated CRP grid for the surface")
     ap.add_argument("--corner-trials", type=int, default=1000)
-    ap.add_argument("--eval-trials", type=int, default=300)
+    ap.add_argument("--eval-trials", type=int, default=3000,
+                    help="--validate: trials x 20 starts per re-simulated point (300 misjudges flat heads)")
     ap.add_argument("--validate-scores", default="gpt2-small.npz")
     ap.add_argument("--validate-heads", type=int, default=0, help="first N heads only (0: all)")
     ap.add_argument("--min-gain", type=float, default=0.0)
