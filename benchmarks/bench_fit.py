@@ -13,7 +13,8 @@ run time (cmrjax times are the minimum of repeats after a warm-up call, with res
 common random numbers for the grid point and the gradient point of each head) and prints the fraction of
 heads where the gradient fit's simulated distance is <= the best grid point's, and the median improvement.
 Its surface is the reference grid with the closed-form corner entries (beta_rec in {0, 1}, gamma_ft = 0)
-replaced by simulated ones (``--surface FILE`` uses a fully simulated grid instead).
+replaced by simulated ones (``--surface FILE`` uses a fully simulated grid instead, e.g. one from ``cmrjax
+simulate --grid fit-surface``; ``--min-gain`` as in ``cmrjax fit``).
 """
 
 from __future__ import annotations

@@ -194,12 +194,25 @@ def _expand(n_units: np.ndarray, first: np.ndarray | int = 0) -> tuple[np.ndarra
     return rows, np.arange(len(rows)) - starts + np.repeat(np.broadcast_to(first, n_units.shape), n_units)
 
 
+def _match_per_point(match_trials, N: int) -> np.ndarray:
+    """``match_trials`` (one count, or one per point) as (N,) int64; anything else is a clear ``ValueError``."""
+    m = np.asarray(match_trials)
+    if m.ndim == 0:
+        if not isinstance(match_trials, (int, np.integer)) or match_trials < 1:
+            raise ValueError(f"match_trials={match_trials!r} must be a positive integer or one per point")
+        return np.full(N, int(match_trials), np.int64)
+    if m.shape != (N,) or not np.issubdtype(m.dtype, np.integer) or (m < 1).any():
+        raise ValueError(f"match_trials must be a positive integer or ({N},) positive integers, one per point; got "
+                         f"an array of shape {m.shape} and dtype {m.dtype}")
+    return m.astype(np.int64)
+
+
 def iter_simulate_adaptive(
     key: jax.Array,
     points,
     *,
     config: SimConfig = SimConfig(),
-    match_trials: int = 1000,
+    match_trials: int | np.ndarray = 1000,
     pilot_trials: int = PILOT_TRIALS,
     unit_trials: int = UNIT_TRIALS,
     max_trials: int = 4096,
@@ -224,10 +237,11 @@ def iter_simulate_adaptive(
     indices = np.arange(N) if indices is None else np.asarray(indices)
     if indices.shape != (N,):
         raise ValueError(f"indices must have shape ({N},), got {indices.shape}")
-    for name, v in (("match_trials", match_trials), ("pilot_trials", pilot_trials), ("unit_trials", unit_trials),
-                    ("max_trials", max_trials), ("group_size", group_size)):
+    for name, v in (("pilot_trials", pilot_trials), ("unit_trials", unit_trials), ("max_trials", max_trials),
+                    ("group_size", group_size)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive integer")
+    match = _match_per_point(match_trials, N)
     schedule = tuple(schedule)
     if (not schedule or schedule[-1] != 1 or any(not 0 < f <= 1 for f in schedule)
             or any(a > b for a, b in zip(schedule, schedule[1:]))):
@@ -263,7 +277,7 @@ def iter_simulate_adaptive(
                 # most tb / (tb - 1) times the variance of independent trials (Owen 1997)
                 up = upper_variance_factor(config.n_starts * (done - 1), UPPER_Z)[:, None]
                 var_r = np.minimum(finish_moments(mom[:, 1, 1], done)[2] * up, var_r * tb / max(tb - 1, 1))
-            need = trials_to_match(var_s, var_r, trials=done * tb, match_trials=match_trials, min_sd=min_sd)
+            need = trials_to_match(var_s, var_r, trials=done * tb, match_trials=match[g], min_sd=min_sd)
             want = np.ceil(fraction * np.nan_to_num(need, nan=np.inf, posinf=max_units * tb) / tb)
             want = np.clip(want, done, max_units).astype(np.int64)
             if (want > done).any():
@@ -279,7 +293,7 @@ def simulate_crp_adaptive(
     points,
     *,
     config: SimConfig = SimConfig(),
-    match_trials: int = 1000,
+    match_trials: int | np.ndarray = 1000,
     pilot_trials: int = PILOT_TRIALS,
     unit_trials: int = UNIT_TRIALS,
     max_trials: int = 4096,
@@ -297,7 +311,9 @@ def simulate_crp_adaptive(
       key: a ``jax.random`` key.
       points: (N, 3) array of (beta_enc, beta_rec, gamma_ft), each in [0, 1].
       config: list length, starts, maximum recalls, lag window, dtype.
-      match_trials: the sampled estimator's trial count per start whose precision every CRP entry must reach.
+      match_trials: the sampled estimator's trial count per start whose precision every CRP entry must reach;
+        one count, or (N,) counts, one per point (more precision where it matters, as ``cmrjax simulate
+        --grid fit-surface`` asks for at low ``beta_enc``).
       pilot_trials: trials per start of the pilot (rounded up to whole units, at least two with ``stratify``);
         they count towards the estimate.
       unit_trials: trials per start in one unit of work; counts are multiples of it.

@@ -31,7 +31,11 @@ def register(subparsers) -> None:
                    help="output .npz (one input file) or a folder (several: one <name>.fits.npz each)")
     p.add_argument("--surface", metavar="GRID", default=None,
                    help="CRP grid for the differentiable surface of gradient fits (a dense grid simulated "
-                   "with --estimator rao_blackwell --corners simulate); default: --crps")
+                   "with --estimator rao_blackwell --corners simulate, or cmrjax simulate --grid fit-surface); "
+                   "default: --crps")
+    p.add_argument("--min-gain", type=float, default=0.0, metavar="FRACTION",
+                   help="gradient fits: keep a head's best grid cell unless the surface distance drops by at least "
+                   "this fraction (default 0; 0.005 with a --grid fit-surface surface, see the README)")
     p.add_argument("--window", type=int, default=5, help="fit lags -W..+W (default 5, the paper's)")
     p.add_argument("--starts", type=int, default=4, help="gradient fits: starts from the best grid cells")
     p.add_argument("--steps", type=int, default=200, help="gradient fits: Adam steps")
@@ -116,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.window < 1:
         raise CLIError(f"--window {args.window} must be a positive integer")
+    if not 0 <= args.min_gain < 1:
+        raise CLIError(f"--min-gain {args.min_gain} must be a fraction in [0, 1)")
     files, scores = _load_inputs(args.scores, args.allow_pickle)
     out = Path(args.out)
     if len(files) == 1:
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         fits = fit_scores(scores, grid, method=args.method, link=args.link, window=args.window, surface=surface,
                           n_starts=args.starts, steps=args.steps, learning_rate=args.learning_rate,
-                          progress=not args.no_progress)
+                          min_gain=args.min_gain, progress=not args.no_progress)
     for w in caught:
         print(f"cmrjax fit: warning: {w.message}", file=sys.stderr)
     for f, t in zip(fits, targets):

@@ -27,13 +27,17 @@ def register(sub) -> None:
         "Finished chunks are saved as the run goes; --resume continues an interrupted run.",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--grid", choices=["paper"], help="the original study's 20 x 21 x 11 grid")
+    src.add_argument("--grid", choices=["paper", "fit-surface"],
+                     help="paper: the original study's 20 x 21 x 11 grid; fit-surface: a grid for gradient fits "
+                     "(cmrjax fit --crps): the paper's axes with beta_rec every 0.0125 below 0.1, rao-blackwell, "
+                     "--trials auto, corners simulated, and 64x --match-trials at beta_enc <= 0.15 (~3 min on 2 "
+                     "CPU cores)")
     src.add_argument("--points", type=Path, metavar="FILE.npy",
                      help="an (N, 3) .npy array of (beta_enc, beta_rec, gamma_ft) points")
     p.add_argument("--beta-enc", type=_floats, metavar="V,V,..", help="beta_enc values (grid axis)")
     p.add_argument("--beta-rec", type=_floats, metavar="V,V,..", help="beta_rec values (grid axis)")
     p.add_argument("--gamma-ft", type=_floats, metavar="V,V,..", help="gamma_ft values (grid axis)")
-    p.add_argument("--trials", default="1000", metavar="N|auto",
+    p.add_argument("--trials", default=None, metavar="N|auto",
                    help="recall trials per start position (default 1000); 'auto' (with --estimator rao-blackwell): "
                    "per point, as many as match the sampled estimator's precision at --match-trials on every "
                    "lag, measured by a pilot run and again on all trials before each top-up (every trial "
@@ -47,9 +51,9 @@ def register(sub) -> None:
     p.add_argument("--max-recalls", type=int, default=50, help="maximum retrievals per trial (default 50)")
     p.add_argument("--list-length", type=int, default=100, help="number of list items (default 100)")
     p.add_argument("--max-lag", type=int, default=8, help="CRP lag window -max_lag..+max_lag (default 8)")
-    p.add_argument("--estimator", choices=["sampled", "rao-blackwell"], default="sampled",
-                   help="sampled: the paper's estimator; rao-blackwell: lower variance at equal trials")
-    p.add_argument("--corners", choices=["closed-form", "simulate"], default="closed-form",
+    p.add_argument("--estimator", choices=["sampled", "rao-blackwell"], default=None,
+                   help="sampled: the paper's estimator (default); rao-blackwell: lower variance at equal trials")
+    p.add_argument("--corners", choices=["closed-form", "simulate"], default=None,
                    help="closed-form: the paper's closed forms at beta_rec in {0,1}, gamma_ft=0 (default); "
                    "simulate: simulate them too (continuous surface)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
@@ -69,9 +73,13 @@ def _grid_axes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     from cmrjax.io import paper_axes
 
     lists = (args.beta_enc, args.beta_rec, args.gamma_ft)
-    if args.grid == "paper":
+    if args.grid is not None:
         if any(v is not None for v in lists):
-            raise CLIError("--grid paper cannot be combined with --beta-enc/--beta-rec/--gamma-ft")
+            raise CLIError(f"--grid {args.grid} cannot be combined with --beta-enc/--beta-rec/--gamma-ft")
+        if args.grid == "fit-surface":
+            from cmrjax.surface import fit_surface_axes
+
+            return fit_surface_axes()
         return paper_axes()
     if args.points is not None:
         if any(v is not None for v in lists):
@@ -80,6 +88,22 @@ def _grid_axes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if any(v is None for v in lists):
         raise CLIError("give --grid paper, --points FILE.npy, or all three of --beta-enc, --beta-rec, --gamma-ft")
     return tuple(np.asarray(v, float) for v in lists)
+
+
+def _resolve_preset(args) -> None:
+    """Fill unset --trials/--estimator/--corners: from --grid fit-surface, which needs rao-blackwell, auto and
+    simulated corners, else the defaults (1000, sampled, closed-form)."""
+    preset = dict(trials="auto", estimator="rao-blackwell", corners="simulate")
+    if args.grid == "fit-surface":
+        clash = [f"--{k} {getattr(args, k)}" for k, v in preset.items() if getattr(args, k) not in (None, v)]
+        if clash:
+            raise CLIError(f"--grid fit-surface simulates with --trials auto --estimator rao-blackwell --corners "
+                           f"simulate; drop {', '.join(clash)}")
+    else:
+        preset = dict(trials="1000", estimator="sampled", corners="closed-form")
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 def _partial_path(out: Path) -> Path:
@@ -92,6 +116,7 @@ def run(args) -> int:
     if args.cpu_devices is not None and args.cpu_devices < 1:
         raise CLIError(f"--cpu-devices={args.cpu_devices} must be a positive integer")
     use_cpu_cores(args.cpu_devices)  # before JAX starts
+    _resolve_preset(args)
     auto = args.trials == "auto"
     if auto:
         if args.estimator != "rao-blackwell":
@@ -145,7 +170,15 @@ def run(args) -> int:
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
     schedule = ",".join(map(str, SCHEDULE))
-    trials_setting = (f"auto(match={args.match_trials},pilot={args.pilot_trials},unit={UNIT_TRIALS},"
+    match, max_trials, match_text = args.match_trials, 4096, f"{args.match_trials}"
+    if args.grid == "fit-surface":
+        from cmrjax.surface import (FIT_SURFACE_LOW_BETA_ENC, FIT_SURFACE_MAX_TRIALS, FIT_SURFACE_PRECISION,
+                                    fit_surface_match_trials)
+
+        match, max_trials = fit_surface_match_trials(points, args.match_trials), FIT_SURFACE_MAX_TRIALS
+        match_text = (f"{args.match_trials};{FIT_SURFACE_PRECISION * args.match_trials} at beta_enc<="
+                      f"{FIT_SURFACE_LOW_BETA_ENC},max={max_trials}")
+    trials_setting = (f"auto(match={match_text},pilot={args.pilot_trials},unit={UNIT_TRIALS},"
                       f"schedule={schedule},stratified,upper_z={UPPER_Z})" if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
                     list_length=args.list_length, max_lag=args.max_lag, estimator=estimator, corners=corners,
@@ -184,9 +217,10 @@ def run(args) -> int:
     last_save = t0
     if len(todo):
         if auto:
-            it = iter_simulate_adaptive(key, points[todo], config=config, match_trials=args.match_trials,
-                                        pilot_trials=args.pilot_trials, unit_trials=UNIT_TRIALS, schedule=SCHEDULE,
-                                        corners=corners, indices=todo,
+            it = iter_simulate_adaptive(key, points[todo], config=config,
+                                        match_trials=match if np.ndim(match) == 0 else match[todo],
+                                        max_trials=max_trials, pilot_trials=args.pilot_trials,
+                                        unit_trials=UNIT_TRIALS, schedule=SCHEDULE, corners=corners, indices=todo,
                                         group_size=256, chunk_size=args.chunk_size)
         else:
             it = ((i, c, s, None) for i, c, s in iter_simulate_chunks(

@@ -836,11 +836,11 @@ def estimator_variances(
 
 
 def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int | np.ndarray,
-                    match_trials: int = 1000, min_sd: float = 1e-5) -> np.ndarray:
+                    match_trials: int | np.ndarray = 1000, min_sd: float = 1e-5) -> np.ndarray:
     """Rao-Blackwellised trials per start whose variance matches ``match_trials`` sampled ones on every lag.
 
     ``var_*`` are (N, lags) variances at ``trials`` per start (one count, or (N,) counts; see
-    :func:`estimator_variances`). A lag needs
+    :func:`estimator_variances`); ``match_trials`` is one count or (N,) counts. A lag needs
     ``match_trials * var_rb / var_sampled``; a point the most any lag needs. Two guards against a pilot's noise:
     the sampled variance is taken as at least the Rao-Blackwellised one (conditioning never adds variance, so
     a smaller estimate is noise, as at a rare lag where the pilot saw no transition), which caps the count at
@@ -849,7 +849,8 @@ def trials_to_match(var_sampled: np.ndarray, var_rb: np.ndarray, *, trials: int 
     """
     vs, vr = np.asarray(var_sampled), np.asarray(var_rb)
     T = np.asarray(trials, np.float64)[..., None]  # a count, or one per point
-    target = np.maximum(np.maximum(vs, vr) * (T / match_trials), min_sd**2)
+    match = np.asarray(match_trials, np.float64)[..., None]
+    target = np.maximum(np.maximum(vs, vr) * (T / match), min_sd**2)
     return (vr * T / target).max(axis=1)
 
 

@@ -32,6 +32,12 @@ those corners. On the paper's beta_rec spacing of 0.05 the interpolation error b
 precision: add beta_rec nodes there (the README's performance section measures it). Re-evaluate fitted
 parameters by simulation to report unbiased distances.
 
+:func:`fit_surface_axes` and :func:`fit_surface_match_trials` describe a grid for fits (``cmrjax simulate
+--grid fit-surface``): beta_rec nodes every 0.0125 below 0.1, and at ``beta_enc`` <= 0.15, where the CRP is so
+flat that a head's distance hinges on CRP differences of 1e-4, 64 times the paper's precision there (on
+GPT-2 small, the gradient fit then beats the best grid cell, re-simulated, on 139/144 heads against 126/144
+on the paper's grid at the paper's precision; README, performance section).
+
 Only the lags inside the fitting window are kept, which makes each evaluation cheaper.
 """
 
@@ -43,7 +49,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmrjax.io import CRPGrid
+from cmrjax.io import CRPGrid, paper_axes
+
+#: ``--grid fit-surface``: at ``beta_enc`` up to this value ...
+FIT_SURFACE_LOW_BETA_ENC = 0.15
+#: ... the CRP is simulated to the precision of this many times the ``match_trials`` sampled trials ...
+FIT_SURFACE_PRECISION = 64
+#: ... with at most this many trials per start (the default cap of 4,096 would bind there).
+FIT_SURFACE_MAX_TRIALS = 32768
+
+
+def fit_surface_axes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid axes for a gradient-fit surface: the paper's, with beta_rec refined to steps of 0.0125 below 0.1
+    (the CRP bends fast just above beta_rec = 0): 20 x 27 x 11."""
+    beta_enc, beta_rec, gamma_ft = paper_axes()
+    return beta_enc, np.union1d(beta_rec, np.arange(8) / 80.0), gamma_ft
+
+
+def fit_surface_match_trials(points: np.ndarray, match_trials: int = 1000) -> np.ndarray:
+    """Per-point precision targets of a gradient-fit surface (``match_trials`` of
+    :func:`cmrjax.simulate_crp_adaptive`): :data:`FIT_SURFACE_PRECISION` times ``match_trials`` where
+    ``beta_enc <= FIT_SURFACE_LOW_BETA_ENC``, ``match_trials`` elsewhere. (N,) int64."""
+    low = np.asarray(points)[:, 0] <= FIT_SURFACE_LOW_BETA_ENC + 1e-9
+    return np.where(low, FIT_SURFACE_PRECISION * match_trials, match_trials).astype(np.int64)
 
 __all__ = ["CRPSurface", "build_surface", "surface_crp", "catmull_rom_weights", "hermite_weights",
            "leave_one_out_error"]

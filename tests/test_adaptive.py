@@ -169,9 +169,27 @@ def test_adaptive_crps_match_the_reference_grid_on_a_random_subset(ref_dir):
     assert diff.max() <= 0.006, diff.max()
 
 
+def test_per_point_precision_targets_give_each_point_what_its_own_target_gives():
+    """match_trials as one count per point: a point's trials and CRP are those of a run with its own target as
+    the single count (results depend on the key and the point's index only), and a higher target costs more."""
+    pts = np.array([[0.6, 0.3, 0.4], [0.6, 0.3, 0.4], [0.2, 0.7, 0.1]])
+    kw = dict(config=SMALL, pilot_trials=16, unit_trials=8)
+    per, t_per = simulate_crp_adaptive(jax.random.key(2), pts, match_trials=np.array([50, 800, 800]), **kw)
+    lo, t_lo = simulate_crp_adaptive(jax.random.key(2), pts, match_trials=50, **kw)
+    hi, t_hi = simulate_crp_adaptive(jax.random.key(2), pts, match_trials=800, **kw)
+    np.testing.assert_array_equal(t_per, [t_lo[0], t_hi[1], t_hi[2]])
+    np.testing.assert_array_equal(per.crp[0], lo.crp[0])
+    np.testing.assert_array_equal(per.crp[1:], hi.crp[1:])
+    assert t_per[1] > t_per[0]
+
+
 @pytest.mark.parametrize("kw, match", [(dict(pilot_trials=0), "pilot_trials"), (dict(unit_trials=-1), "unit_trials"),
                                        (dict(corners="nope"), "corners"), (dict(schedule=(0.5,)), "schedule"),
-                                       (dict(schedule=(0.8, 0.5, 1.0)), "schedule"), (dict(schedule=()), "schedule")])
+                                       (dict(schedule=(0.8, 0.5, 1.0)), "schedule"), (dict(schedule=()), "schedule"),
+                                       (dict(match_trials=0), "match_trials"),
+                                       (dict(match_trials=np.array([100, 200])), "one per point"),
+                                       (dict(match_trials=np.array([0])), "one per point"),
+                                       (dict(match_trials=np.array([1.5])), "one per point")])
 def test_bad_arguments_are_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         simulate_crp_adaptive(jax.random.key(0), np.array([[0.5, 0.5, 0.5]]), **kw)

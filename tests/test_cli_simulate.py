@@ -98,6 +98,31 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv", [["--trials", "100"], ["--estimator", "sampled"], ["--corners", "closed-form"]])
+def test_the_fit_surface_grid_refuses_settings_it_overrides(tmp_path, capsys, argv):
+    out = tmp_path / "s.npz"
+    assert cli.main(["simulate", "--grid", "fit-surface", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--grid fit-surface simulates with" in err and argv[1] in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_fit_surface_grid_refines_beta_rec_and_asks_more_precision_at_low_beta_enc():
+    from cmrjax.io import paper_axes
+    from cmrjax.simulate import grid_points
+    from cmrjax.surface import fit_surface_axes, fit_surface_match_trials
+
+    (e, r, g), (pe, pr, pg) = fit_surface_axes(), paper_axes()
+    np.testing.assert_array_equal(e, pe)
+    np.testing.assert_array_equal(g, pg)
+    assert set(pr) <= set(r) and np.all(np.diff(r) > 0) and len(r) == 27
+    np.testing.assert_allclose(np.diff(r[r <= 0.1]), 0.0125)
+    pts = grid_points(e, r, g)
+    m = fit_surface_match_trials(pts, 1000)
+    assert m.dtype == np.int64 and set(m[pts[:, 0] <= 0.15]) == {64000} and set(m[pts[:, 0] > 0.15]) == {1000}
+    assert (pts[:, 0] <= 0.15).sum() == 3 * 27 * 11
+
+
 def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
     assert cli.main(["simulate", "--grid", "paper", "--out", str(tmp_path / "no" / "x.npz")]) == 2
     assert "does not exist" in capsys.readouterr().err

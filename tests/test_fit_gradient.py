@@ -207,6 +207,23 @@ def test_cli_fit_several_files_into_a_folder(tmp_path, ref_dir):
         "pythia-70m-deduped-v0__cp000.fits.npz", "pythia-70m-deduped-v0__cp010.fits.npz"]
 
 
+def test_cli_fit_min_gain_keeps_the_grid_cell_unless_the_surface_gains_that_much(tmp_path, ref_dir, capsys):
+    """--min-gain 0.9: no gradient fit lowers the surface distance by 90%, so every head keeps its best grid
+    cell exactly; 0: most heads move. A value outside [0, 1) is a one-line error."""
+    args = ["fit", "--scores", str(ref_dir / "scores" / "pythia-70m-deduped-v0__cp000.npz"), "--crps",
+            str(ref_dir / "crps" / "cmr_crp_avg_20_11.npy"), "--method", "both", "--steps", "20", "--no-progress"]
+    for gain in ("0.9", "0"):
+        assert cli_main([*args, "--min-gain", gain, "--out", str(tmp_path / f"f{gain}.npz")]) == 0
+    stay, move = load_fits(tmp_path / "f0.9.npz"), load_fits(tmp_path / "f0.npz")
+    ok = np.isfinite(stay.distance_grid)
+    np.testing.assert_array_equal(stay.params[ok], stay.params_grid[ok])
+    assert stay.metadata["gradient"]["min_gain"] == 0.9
+    assert np.any(move.params[ok] != move.params_grid[ok])
+    capsys.readouterr()
+    assert cli_main([*args, "--min-gain", "1.5", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--min-gain 1.5" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
 @pytest.mark.parametrize("case", ["empty", "truncated", "wrong_lags", "shape_mismatch", "pickle"])
 def test_cli_fit_bad_inputs_exit_2(tmp_path, ref_dir, capsys, case):
     crps = str(ref_dir / "crps" / "cmr_crp_avg_20_11.npy")
