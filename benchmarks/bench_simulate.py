@@ -303,7 +303,8 @@ def allocation_check(grid, n_pts: int, seed: int = 11) -> dict:
     pts = pts[rng.choice(len(pts), n_pts, replace=False)]
     rows, out = [], {}
     for label, stratify in ((f"stratified units of {UNIT_TRIALS}", True), ("independent trials", False)):
-        vs, vr = estimator_variances(jax.random.key(5), pts, trials=1024, unit_trials=UNIT_TRIALS if stratify else None)
+        vs, vr = estimator_variances(jax.random.key(5), pts, trials=1024,
+                                     unit_trials=UNIT_TRIALS if stratify else None)
         need = trials_to_match(vs, vr, trials=1024)
         t0 = time.perf_counter()
         _, got = simulate_crp_adaptive(jax.random.key(0), pts, stratify=stratify)

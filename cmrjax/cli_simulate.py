@@ -170,14 +170,14 @@ def run(args) -> int:
     estimator = args.estimator.replace("-", "_")
     corners = args.corners.replace("-", "_")
     schedule = ",".join(map(str, SCHEDULE))
-    match, max_trials, match_text = args.match_trials, 4096, f"{args.match_trials}"
+    match, match_text, preset = np.full(len(points), args.match_trials), f"{args.match_trials}", {}
     if args.grid == "fit-surface":
         from cmrjax.surface import (FIT_SURFACE_LOW_BETA_ENC, FIT_SURFACE_MAX_TRIALS, FIT_SURFACE_PRECISION,
                                     fit_surface_match_trials)
 
-        match, max_trials = fit_surface_match_trials(points, args.match_trials), FIT_SURFACE_MAX_TRIALS
+        match, preset = fit_surface_match_trials(points, args.match_trials), dict(max_trials=FIT_SURFACE_MAX_TRIALS)
         match_text = (f"{args.match_trials};{FIT_SURFACE_PRECISION * args.match_trials} at beta_enc<="
-                      f"{FIT_SURFACE_LOW_BETA_ENC},max={max_trials}")
+                      f"{FIT_SURFACE_LOW_BETA_ENC},max={FIT_SURFACE_MAX_TRIALS}")
     trials_setting = (f"auto(match={match_text},pilot={args.pilot_trials},unit={UNIT_TRIALS},"
                       f"schedule={schedule},stratified,upper_z={UPPER_Z})" if auto else args.trials)
     settings = dict(seed=args.seed, trials=trials_setting, n_starts=args.starts, max_recalls=args.max_recalls,
@@ -217,11 +217,10 @@ def run(args) -> int:
     last_save = t0
     if len(todo):
         if auto:
-            it = iter_simulate_adaptive(key, points[todo], config=config,
-                                        match_trials=match if np.ndim(match) == 0 else match[todo],
-                                        max_trials=max_trials, pilot_trials=args.pilot_trials,
-                                        unit_trials=UNIT_TRIALS, schedule=SCHEDULE, corners=corners, indices=todo,
-                                        group_size=256, chunk_size=args.chunk_size)
+            it = iter_simulate_adaptive(key, points[todo], config=config, match_trials=match[todo],
+                                        pilot_trials=args.pilot_trials, unit_trials=UNIT_TRIALS, schedule=SCHEDULE,
+                                        corners=corners, indices=todo, group_size=256, chunk_size=args.chunk_size,
+                                        **preset)
         else:
             it = ((i, c, s, None) for i, c, s in iter_simulate_chunks(
                 key, points[todo], config=config, trials=args.trials, estimator=estimator, corners=corners,
